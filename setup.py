@@ -1,0 +1,47 @@
+"""Build script: compiles ext/_speedups.pyx into channels_redis_fast._speedups.
+
+CHANNELS_REDIS_FAST_NO_EXTENSIONS=1 skips the extension and yields a py3-none-any wheel.
+"""
+
+import os
+import sys
+
+from setuptools import setup
+
+NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().lower() not in (
+    "",
+    "0",
+    "false",
+    "no",
+) or sys.implementation.name != "cpython"
+DEBUG_BUILD = bool(os.environ.get("CHANNELS_REDIS_FAST_DEBUG_BUILD"))
+
+
+def extensions():
+    if NO_EXTENSIONS:
+        print("*** channels_redis_fast: pure-Python build ***")
+        return []
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    print("*** channels_redis_fast: accelerated build ***")
+    flags = ["-O0", "-g3", "-UNDEBUG"] if DEBUG_BUILD else ["-O3", "-DNDEBUG"]
+    ext = Extension(
+        "channels_redis_fast._speedups",
+        sources=["ext/_speedups.pyx"],
+        include_dirs=["ext"],
+        extra_compile_args=flags if os.name != "nt" else [],
+    )
+    return cythonize(
+        [ext],
+        compiler_directives={
+            "language_level": "3",
+            "embedsignature": True,
+            "freethreading_compatible": True,
+            "linetrace": DEBUG_BUILD,
+        },
+        annotate=DEBUG_BUILD,
+    )
+
+
+setup(ext_modules=extensions())
