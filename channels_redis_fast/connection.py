@@ -1,0 +1,326 @@
+"""Multiplexed, auto-pipelined Redis connections.
+
+redis-py does everything up to a ready socket: URL and option parsing, TLS, AUTH,
+SELECT, sentinel discovery, connect timeouts and retries. We then take the socket's
+transport over with our own asyncio protocol, because redis-py's per-command overhead
+caps a pipeline at ~40-80k commands/s on this class of machine while a protocol that
+encodes in compiled code and parses with hiredis reaches ~250k (see
+shared/design.md, "Where the time goes"). Every command issued during one event-loop
+iteration leaves in a single write, and replies are matched to callers in order.
+
+Our connections always speak RESP2: replies are matched to requests strictly in order,
+and RESP3 push frames (client tracking, maintenance notifications) would break that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Any, Sequence
+
+import hiredis
+from redis.asyncio import ConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .speedups import encode_commands
+
+logger = logging.getLogger(__name__)
+
+Arg = bytes | str | int | float
+
+#: Seconds a non-blocking command may wait for its reply before the connection is
+#: declared dead (redis-py 8 uses 5 s for the same purpose). Blocking commands add
+#: their block time on top.
+DEFAULT_REPLY_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+def make_pool(host: dict[str, Any]) -> ConnectionPool:
+    """A redis-py pool for one shard's host config, used only to make connections.
+
+    Accepts the same host dicts as channels_redis: ``address`` (a redis://, rediss://
+    or unix:// URL plus redis-py options), sentinel dicts (``sentinels``,
+    ``master_name``, ``sentinel_kwargs``), or plain redis-py connection kwargs.
+    """
+    host = dict(host)
+    # Timeouts for reads are ours (see RedisProtocol); redis-py's apply only to its
+    # handshake. Keep a connect timeout so "Redis down" fails in seconds.
+    host.pop("socket_timeout", None)
+    host.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    host["protocol"] = 2
+    # Decoding is ours too: payloads are bytes.
+    host.pop("decode_responses", None)
+    if "address" in host:
+        address = host.pop("address")
+        return ConnectionPool.from_url(address, **host)
+    if "master_name" in host:
+        sentinels = host.pop("sentinels")
+        master_name = host.pop("master_name")
+        sentinel_kwargs = host.pop("sentinel_kwargs", None)
+        return SentinelConnectionPool(
+            master_name,
+            Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs),
+            **host,
+        )
+    return ConnectionPool(**host)
+
+
+def describe_host(host: dict[str, Any]) -> str:
+    """A short, password-free description of a host config for logs and errors."""
+    if "address" in host:
+        address = str(host["address"])
+        if "@" in address:
+            scheme, _, rest = address.partition("://")
+            address = f"{scheme}://***@{rest.rpartition('@')[2]}"
+        return address
+    if "master_name" in host:
+        return f"sentinel:{host['master_name']}"
+    return f"{host.get('host', 'localhost')}:{host.get('port', 6379)}"
+
+
+class RedisProtocol(asyncio.Protocol):
+    """One socket: commands queued during a loop iteration go out in one write."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float) -> None:
+        self.loop = loop
+        self.reply_timeout = reply_timeout
+        self.transport: asyncio.Transport | None = None
+        self.closed: BaseException | None = None
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        # (future, extra seconds this reply may take because the command blocks)
+        self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self._queued: list[Sequence[Arg]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_reply = time.monotonic()
+        self._closed_waiter: asyncio.Future = loop.create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def attach(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        pending = self._pending
+        self._last_reply = time.monotonic()
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.abort(RedisConnectionError(f"Protocol error from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not pending:
+                # Nothing asked for this (a stray push frame): drop the connection
+                # rather than hand the next caller a reply that is not theirs.
+                self.abort(RedisConnectionError("Unexpected reply from Redis"))
+                return
+            future = pending.popleft()[0]
+            # A cancelled caller's reply is consumed and dropped, keeping the stream
+            # in step for everyone after it.
+            if not future.done():
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = self.closed or RedisConnectionError(
+            f"Connection to Redis lost{': ' + str(exc) if exc else ''}"
+        )
+        self._shutdown(error)
+
+    def pause_writing(self) -> None:  # pragma: no cover - only under huge bursts
+        pass
+
+    def resume_writing(self) -> None:  # pragma: no cover
+        pass
+
+    # -- commands -------------------------------------------------------------------
+    def execute(self, args: Sequence[Arg], block: float = 0.0) -> asyncio.Future:
+        """Queue one command; the returned future resolves to its reply."""
+        future = self.loop.create_future()
+        if self.closed is not None:
+            future.set_exception(self.closed)
+            return future
+        self._queued.append(args)
+        if not self._pending:
+            self._last_reply = time.monotonic()
+        self._pending.append((future, block))
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._arm_watchdog()
+        return future
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        queued, self._queued = self._queued, []
+        if queued and self.transport is not None and self.closed is None:
+            self.transport.write(encode_commands(queued))
+
+    def _arm_watchdog(self) -> None:
+        self._watchdog = self.loop.call_later(self.reply_timeout / 2, self._check_replies)
+
+    def _check_replies(self) -> None:
+        # A reply that never comes (a hung server, a silently dropped network) must
+        # not wedge the layer: fail everything pending and let callers reconnect.
+        self._watchdog = None
+        if not self._pending or self.closed is not None:
+            return
+        allowed = self.reply_timeout + self._pending[0][1]
+        if time.monotonic() - self._last_reply > allowed:
+            self.abort(RedisTimeoutError(f"No reply from Redis within {allowed:.1f}s"))
+        else:
+            self._arm_watchdog()
+
+    # -- shutdown -------------------------------------------------------------------
+    def abort(self, error: BaseException) -> None:
+        self._shutdown(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self._shutdown(RedisConnectionError("Connection closed by the channel layer"))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _shutdown(self, error: BaseException) -> None:
+        if self.closed is None:
+            self.closed = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._queued.clear()
+        while self._pending:
+            future = self._pending.popleft()[0]
+            if not future.done():
+                future.set_exception(self.closed)
+        if not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await self._closed_waiter
+
+
+class RedisConnection:
+    """A lazily (re)connecting multiplexed connection to one shard.
+
+    Callers never see a half-open connection: if the socket dies, pending commands
+    fail with a redis ConnectionError/TimeoutError, and the next command reconnects
+    (through sentinel discovery where configured).
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        loop: asyncio.AbstractEventLoop,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        name: str = "",
+    ) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.reply_timeout = reply_timeout
+        self.name = name
+        self.protocol: RedisProtocol | None = None
+        self._redis_py_connection: Any = None
+        self._connecting: asyncio.Future | None = None
+        self.connects = 0
+        self.closed = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self.protocol is not None and self.protocol.closed is None
+
+    def execute(self, *args: Arg, block: float = 0.0) -> Any:
+        """Send one command; returns an awaitable of its reply."""
+        protocol = self.protocol
+        if protocol is not None and protocol.closed is None:
+            return protocol.execute(args, block)
+        return self._execute_after_connect(args, block)
+
+    def execute_many(self, commands: Sequence[Sequence[Arg]]) -> Any:
+        """Send several commands in one write; returns an awaitable of all replies."""
+        protocol = self.protocol
+        if protocol is not None and protocol.closed is None:
+            return asyncio.gather(*[protocol.execute(c) for c in commands])
+        return self._execute_many_after_connect(commands)
+
+    async def _execute_after_connect(self, args: Sequence[Arg], block: float) -> Any:
+        protocol = await self.connect()
+        return await protocol.execute(args, block)
+
+    async def _execute_many_after_connect(self, commands: Sequence[Sequence[Arg]]) -> list:
+        protocol = await self.connect()
+        return await asyncio.gather(*[protocol.execute(c) for c in commands])
+
+    async def connect(self) -> RedisProtocol:
+        if self.closed:
+            raise RedisConnectionError("The channel layer closed this connection")
+        protocol = self.protocol
+        if protocol is not None and protocol.closed is None:
+            return protocol
+        # One connect attempt at a time; concurrent callers share its outcome. The
+        # attempt runs in its own task so a cancelled caller cannot abandon a
+        # half-made connection.
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(self._connecting)
+
+    def _connect_done(self, future: asyncio.Future) -> None:
+        self._connecting = None
+        if not future.cancelled():
+            future.exception()  # mark retrieved; callers re-raise it themselves
+
+    async def _open(self) -> RedisProtocol:
+        connection = self.pool.make_connection()
+        await connection.connect()
+        writer = getattr(connection, "_writer", None)
+        if writer is None:  # pragma: no cover - a redis-py we do not know
+            raise RedisConnectionError("Unsupported redis-py connection object")
+        if self.closed:
+            writer.transport.close()
+            raise RedisConnectionError("The channel layer closed this connection")
+        protocol = RedisProtocol(self.loop, self.reply_timeout)
+        protocol.attach(writer.transport)
+        # Keep redis-py's connection object alive: its StreamWriter owns the transport
+        # and may close it when collected.
+        self._redis_py_connection = connection
+        self.protocol = protocol
+        self.connects += 1
+        return protocol
+
+    def drop(self, error: BaseException | None = None) -> None:
+        """Abort the current socket (e.g. after READONLY from a demoted master)."""
+        if self.protocol is not None and self.protocol.closed is None:
+            self.protocol.abort(error or RedisConnectionError("Connection dropped"))
+
+    async def close(self) -> None:
+        self.closed = True
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.cancel()
+        protocol = self.protocol
+        if protocol is not None:
+            protocol.close()
+            await protocol.wait_closed()
+        self.protocol = None
+        self._redis_py_connection = None
+
+    def close_nowait(self) -> None:
+        """Close from outside this connection's loop or while that loop is closing."""
+        self.closed = True
+        if self.protocol is not None:
+            self.protocol.close()
+        self.protocol = None
+        self._redis_py_connection = None
+

@@ -1,0 +1,482 @@
+"""RedisChannelLayer: the channels_redis 4.x core layer, one round trip per operation.
+
+Keys, scores and message bytes are those of channels_redis 4.x, so our processes and
+stock ones share a Redis during a migration. What differs is how we talk to it:
+every send and group delivery is one Lua script sent by SHA over a multiplexed,
+auto-pipelined connection, and receives on a key are served by one pump that pops
+batches into bounded local buffers (see pump.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import math
+import re
+import time
+import uuid
+from typing import Any, Iterable
+
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+
+from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
+from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
+from .loop_connections import LoopConnections
+from .scripts import group_send_script, send_script
+from .serializers import registry
+from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
+from .utils import _consistent_hash, _wrap_close, decode_hosts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ChannelFull", "RedisChannelLayer"]
+
+RESERVED_KEY = "__asgi_channel__"
+
+
+class RedisChannelLayer(BaseChannelLayer):
+    """Redis channel layer, a drop-in for ``channels_redis.core.RedisChannelLayer``."""
+
+    #: Seconds one blocking pop may wait before it is renewed.
+    brpop_timeout = 5
+    #: Most messages one pump round trip brings back from a process key.
+    receive_batch_size = 100
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Iterable[Any] | None = None,
+        prefix: str = "asgi",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: dict | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        random_prefix_length: int = 12,
+        serializer_format: str = "msgpack",
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise AssertionError("Prefix must be unicode")
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self._capacity_matcher = CapacityMatcher(channel_capacity or {}, capacity)
+        self.prefix = prefix
+        self.hosts = decode_hosts(hosts)
+        self.ring_size = len(self.hosts)
+        self._send_index_generator = itertools.cycle(range(self.ring_size))
+        self._serializer = registry.get_serializer(
+            serializer_format,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            random_prefix_length=random_prefix_length,
+            expiry=expiry,
+        )
+        self.client_prefix = uuid.uuid4().hex
+        # Per event loop: sockets and pumps (see loop_connections.py).
+        self._layers: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
+        # Local delivery state, shared by whichever loop currently receives.
+        self.receive_buffer: dict[str, ChannelBuffer] = _ReceiveBuffers(capacity)
+        self.receive_count = 0
+        self.receive_event_loop: asyncio.AbstractEventLoop | None = None
+        self.receive_lock = None  # kept for attribute compatibility; pumps need no lock
+        self._waiters: dict[str, collections.deque[asyncio.Future]] = {}
+        self._key_receivers: collections.Counter[str] = collections.Counter()
+        self._buffer_touched: dict[str, float] = {}
+        self._next_sweep = 0.0
+        self.reply_timeout = DEFAULT_REPLY_TIMEOUT
+        self.stats_counters: collections.Counter[str] = collections.Counter()
+
+    def __str__(self) -> str:
+        return f"{self.__class__.__name__}(hosts={self.hosts})"
+
+    # -- serialization and naming ---------------------------------------------------
+    def serialize(self, message: Any) -> bytes:
+        return self._serializer.serialize(message)
+
+    def deserialize(self, message: bytes) -> Any:
+        return self._serializer.deserialize(message)
+
+    def consistent_hash(self, value: str | bytes) -> int:
+        return _consistent_hash(value, self.ring_size)
+
+    def get_capacity(self, channel: str) -> int:
+        return self._capacity_matcher.get(channel)
+
+    def _group_key(self, group: str) -> bytes:
+        return f"{self.prefix}:group:{group}".encode("utf8")
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        return f"{prefix}.{self.client_prefix}!{uuid.uuid4().hex}"
+
+    def _check_message(self, message: Any) -> None:
+        # Explicit raises, not asserts: validation must survive ``python -O``.
+        if not isinstance(message, dict):
+            raise InvalidMessageError(
+                f"Message must be a dict, not {type(message).__name__}"
+            )
+        if RESERVED_KEY in message:
+            raise ReservedKeyError(f"Messages may not contain the reserved key {RESERVED_KEY!r}")
+
+    # -- connections ----------------------------------------------------------------
+    def _loop_connections(self) -> LoopConnections:
+        loop = asyncio.get_running_loop()
+        state = self._layers.get(loop)
+        if state is None or state.closed:
+            state = LoopConnections(self.hosts, loop, self.reply_timeout)
+            self._layers[loop] = state
+            _wrap_close(self, loop)
+        return state
+
+    def connection(self, index: int) -> RedisConnection:
+        """The shared command connection to shard ``index`` on the running loop."""
+        if not 0 <= index < self.ring_size:
+            raise ValueError(f"There are only {self.ring_size} hosts - you asked for {index}!")
+        return self._loop_connections().commands[index]
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        state = self._layers.pop(loop, None)
+        if state is not None:
+            await state.close()
+
+    async def close_pools(self) -> None:
+        """Close every socket this layer holds; it reconnects lazily if used again."""
+        current = asyncio.get_running_loop()
+        for loop, state in list(self._layers.items()):
+            del self._layers[loop]
+            if loop is current:
+                await state.close()
+            elif loop.is_closed() or not loop.is_running():
+                state.close_nowait()
+            else:
+                loop.call_soon_threadsafe(state.close_nowait)
+
+    async def wait_received(self) -> None:
+        """Kept for API compatibility: nothing is ever left in flight after a receive."""
+
+    # -- send -----------------------------------------------------------------------
+    async def send(self, channel: str, message: dict) -> None:
+        """Send a message onto a (general or specific) channel."""
+        self._check_message(message)
+        self.require_valid_channel_name(channel)
+        if "!" in channel:
+            message = dict(message)
+            message[RESERVED_KEY] = channel
+            target = self.non_local_name(channel)
+            # The receiver polls the shard of the non-local name; hashing the full
+            # name (as channels_redis does) would strand messages on other shards.
+            index = self.consistent_hash(target)
+        else:
+            target = channel
+            index = next(self._send_index_generator)
+        payload = self.serialize(message)
+        connection = self._loop_connections().commands[index]
+        now = time.time()
+        added = await send_script(
+            connection,
+            [self.prefix + target],
+            [payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl],
+        )
+        if not added:
+            self.stats_counters["channel_full"] += 1
+            raise ChannelFull(channel)
+        self.stats_counters["sent"] += 1
+
+    @property
+    def _key_ttl(self) -> int:
+        # EXPIRE takes whole seconds; round up so a key never dies before its messages.
+        return max(1, math.ceil(self.expiry))
+
+    # -- receive --------------------------------------------------------------------
+    async def receive(self, channel: str) -> dict:
+        """Receive the first message on a channel, waiting for one if needed.
+
+        Cancelling it never loses a message: pops happen in the pump, and a message
+        taken from a local buffer is returned with no await in between.
+        """
+        self.require_valid_channel_name(channel)
+        if "!" in channel:
+            real_channel = self.non_local_name(channel)
+            if not real_channel.endswith(self.client_prefix + "!"):
+                raise WrongClientPrefixError(
+                    f"Wrong client prefix: {channel!r} was not made by this layer"
+                )
+        else:
+            real_channel = channel
+        loop = asyncio.get_running_loop()
+        if self.receive_count == 0:
+            self.receive_event_loop = loop
+        elif self.receive_event_loop is not loop:
+            raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
+        self.receive_count += 1
+        try:
+            return await self._receive(channel, real_channel, loop)
+        finally:
+            self.receive_count -= 1
+            if self.receive_count == 0:
+                self.receive_event_loop = None
+
+    async def _receive(self, channel: str, real_channel: str, loop: asyncio.AbstractEventLoop) -> dict:
+        buffers = self.receive_buffer
+        while True:
+            buffer = buffers.get(channel)
+            if buffer is not None and buffer.qsize():
+                message = buffer.get_nowait()
+                if not buffer.qsize() and channel not in self._waiters:
+                    del buffers[channel]
+                    self._buffer_touched.pop(channel, None)
+                self.stats_counters["received"] += 1
+                return message
+            waiter = loop.create_future()
+            queue = self._waiters.get(channel)
+            if queue is None:
+                queue = self._waiters[channel] = collections.deque()
+            queue.append(waiter)
+            key = self.prefix + real_channel
+            self._key_receivers[key] += 1
+            try:
+                self._start_pumps(key, real_channel)
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    # We were woken for a message but cancelled before running:
+                    # hand the wake-up to the next receiver of this channel.
+                    self._wake(channel, 1)
+                raise
+            finally:
+                self._key_receivers[key] -= 1
+                if self._key_receivers[key] <= 0:
+                    del self._key_receivers[key]
+                try:
+                    queue.remove(waiter)
+                except ValueError:
+                    pass
+                if not queue and self._waiters.get(channel) is queue:
+                    del self._waiters[channel]
+
+    def _start_pumps(self, key: str, real_channel: str) -> None:
+        state = self._loop_connections()
+        if real_channel.endswith("!"):
+            on_batch = self._deliver_process_batch
+            batch = self.receive_batch_size
+        else:
+            on_batch = _GeneralChannelDelivery(self, real_channel)
+            # A general channel is a shared work queue: take only as many messages as
+            # there are local receivers waiting, so other processes get their share.
+            batch = 0
+        # Every shard, not only the hashed one: stock channels_redis senders put
+        # messages for a process channel on the shard of its *full* name, and work
+        # queues are filled round-robin.
+        for index in range(self.ring_size):
+            pump = state.pump(
+                key,
+                index,
+                lambda key=key: self._key_receivers.get(key, 0),
+                on_batch,
+                self.brpop_timeout,
+                batch,
+            )
+            pump.ensure_running()
+
+    def _deliver_process_batch(self, flat: list) -> None:
+        now = time.time()
+        touched, malformed, expired = demux_batch(
+            flat, self._serializer.deserialize, self.receive_buffer, self.capacity, now - self.expiry
+        )
+        self._after_batch(touched, malformed, expired, now)
+
+    def _after_batch(self, touched: list, malformed: list, expired: int, now: float) -> None:
+        if malformed:
+            self.stats_counters["malformed"] += len(malformed)
+            for member, exc in malformed:
+                logger.warning(
+                    "Skipped a message that could not be read (%s: %s); first bytes %r",
+                    type(exc).__name__,
+                    exc,
+                    bytes(member[:24]),
+                )
+        if expired:
+            self.stats_counters["expired"] += expired
+        touched_at = self._buffer_touched
+        for channel in touched:
+            touched_at[channel] = now
+            self._wake(channel, self.receive_buffer[channel].qsize())
+        if now >= self._next_sweep:
+            self._sweep_buffers(now)
+
+    def _wake(self, channel: str, count: int) -> None:
+        queue = self._waiters.get(channel)
+        if not queue:
+            return
+        for waiter in queue:
+            if count <= 0:
+                break
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    def _sweep_buffers(self, now: float) -> None:
+        # Buffers of channels nobody receives on any more (a consumer that went away)
+        # hold only expired messages after ``expiry`` seconds: drop them, so memory
+        # does not grow with channel churn.
+        self._next_sweep = now + max(1.0, min(self.expiry, 30) / 2)
+        stale = now - self.expiry
+        for channel, touched in list(self._buffer_touched.items()):
+            if touched < stale and channel not in self._waiters:
+                self.receive_buffer.pop(channel, None)
+                del self._buffer_touched[channel]
+
+    # -- groups ---------------------------------------------------------------------
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        key = self._group_key(group)
+        connection = self._loop_connections().commands[self.consistent_hash(group)]
+        await connection.execute_many(
+            [("ZADD", key, time.time(), channel), ("EXPIRE", key, max(1, math.ceil(self.group_expiry)))]
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        connection = self._loop_connections().commands[self.consistent_hash(group)]
+        await connection.execute("ZREM", self._group_key(group), channel)
+
+    async def group_send(self, group: str, message: dict) -> None:
+        """Send to every channel of a group: one read, then one script per shard."""
+        self.require_valid_group_name(group)
+        self._check_message(message)
+        state = self._loop_connections()
+        key = self._group_key(group)
+        now = time.time()
+        _, members = await state.commands[self.consistent_hash(group)].execute_many(
+            [
+                ("ZREMRANGEBYSCORE", key, "-inf", f"({now - self.group_expiry!r}"),
+                ("ZRANGE", key, 0, -1),
+            ]
+        )
+        if not members:
+            return
+        # Members living in one process share one message, as channels_redis bundles
+        # them: __asgi_channel__ lists every local channel it is for.
+        bundles: dict[str, tuple[int, list[str], int]] = {}
+        for raw in members:
+            name = raw.decode("utf-8")
+            bang = name.find("!")
+            target = name if bang < 0 else name[: bang + 1]
+            bundle = bundles.get(target)
+            if bundle is None:
+                bundles[target] = (self.consistent_hash(target), [name], self.get_capacity(name))
+            else:
+                bundle[1].append(name)
+        by_shard: dict[int, tuple[list, list, list]] = {}
+        for target, (index, names, capacity) in bundles.items():
+            copy = dict(message)
+            copy[RESERVED_KEY] = names
+            keys, payloads, capacities = by_shard.setdefault(index, ([], [], []))
+            keys.append(self.prefix + target)
+            payloads.append(self.serialize(copy))
+            capacities.append(capacity)
+        cutoff = now - self.expiry
+        results = await asyncio.gather(
+            *[
+                group_send_script(
+                    state.commands[index],
+                    keys,
+                    [now, cutoff, self._key_ttl, *payloads, *capacities],
+                )
+                for index, (keys, payloads, capacities) in by_shard.items()
+            ]
+        )
+        over = sum(results)
+        if over:
+            self.stats_counters["group_over_capacity"] += over
+            logger.info(
+                "%s of %s channels over capacity in group %s", over, len(members), group
+            )
+
+    # -- flush ----------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Delete this layer's keys (SCAN, never KEYS) and close the connections."""
+        state = self._loop_connections()
+        await asyncio.gather(*[self._flush_shard(c) for c in state.commands])
+        self.receive_buffer.clear()
+        self._buffer_touched.clear()
+        await self.close_pools()
+
+    async def _flush_shard(self, connection: RedisConnection) -> None:
+        pattern = _glob_escape(self.prefix) + "*"
+        ours = self._own_key_pattern()
+        cursor = b"0"
+        while True:
+            cursor, keys = await connection.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            mine = [k for k in keys if ours.match(k)]
+            if mine:
+                await connection.execute("UNLINK", *mine)
+            if cursor in (b"0", 0, "0"):
+                return
+
+    def _own_key_pattern(self) -> re.Pattern:
+        # Only names this layer writes: channel keys, their $inflight backups (from
+        # stock processes) and group keys. "asgifoo:bar" or "asgi-meta" stay.
+        prefix = re.escape(self.prefix.encode("utf-8"))
+        channel = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?(?:\$inflight)?"
+        group = rb":group:[a-zA-Z\d\-_.]+"
+        return re.compile(prefix + rb"(?:" + channel + rb"|" + group + rb")\Z")
+
+
+class _GeneralChannelDelivery:
+    """Batch handler for a general (work-queue) channel: every message is for it."""
+
+    __slots__ = ("layer", "channel")
+
+    def __init__(self, layer: RedisChannelLayer, channel: str) -> None:
+        self.layer = layer
+        self.channel = channel
+
+    def __call__(self, flat: list) -> None:
+        layer = self.layer
+        now = time.time()
+        cutoff = now - layer.expiry
+        buffer = layer.receive_buffer[self.channel]
+        malformed = []
+        expired = 0
+        for i in range(0, len(flat), 2):
+            member, score = flat[i], flat[i + 1]
+            if float(score) < cutoff:
+                expired += 1
+                continue
+            try:
+                message = layer._serializer.deserialize(member)
+                if not isinstance(message, dict):
+                    raise ValueError(f"payload is a {type(message).__name__}, not a dict")
+            except Exception as exc:  # noqa: BLE001 - reported, never raised out of the batch
+                malformed.append((member, exc))
+                continue
+            message.pop(RESERVED_KEY, None)
+            buffer.put_nowait(message)
+        touched = [self.channel] if buffer.qsize() else []
+        if not touched:
+            layer.receive_buffer.pop(self.channel, None)
+        layer._after_batch(touched, malformed, expired, now)
+
+
+class _ReceiveBuffers(dict):
+    """channel name -> ChannelBuffer, made on first use with the layer's capacity."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def __missing__(self, channel: str) -> ChannelBuffer:
+        buffer = self[channel] = ChannelBuffer(self.capacity)
+        return buffer
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+

@@ -1,0 +1,118 @@
+"""What a layer holds on one event loop: one multiplexed connection per shard, and pumps.
+
+asyncio sockets, futures and redis-py's sentinel clients belong to the loop that made
+them, and ``async_to_sync`` makes a fresh loop per call, so everything here is built
+per loop and closed with it. The number of sockets is fixed by the shape of the
+deployment (shards, and keys being received on), never by the number of concurrent
+callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, describe_host, make_pool
+from .pump import KeyPump
+
+
+class LoopConnections:
+    def __init__(
+        self,
+        hosts: list[dict[str, Any]],
+        loop: asyncio.AbstractEventLoop,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+    ) -> None:
+        self.hosts = hosts
+        self.loop = loop
+        self.reply_timeout = reply_timeout
+        self.pools = [make_pool(host) for host in hosts]
+        self.commands = [
+            RedisConnection(pool, loop, reply_timeout, name=describe_host(host))
+            for pool, host in zip(self.pools, hosts)
+        ]
+        self.pumps: dict[tuple[str, int], KeyPump] = {}
+        self.closed = False
+
+    def pump(
+        self,
+        key: str,
+        index: int,
+        wanted: Callable[[], int],
+        on_batch: Callable[[list], None],
+        block: float,
+        batch: int,
+    ) -> KeyPump:
+        pump = self.pumps.get((key, index))
+        if pump is None:
+            # A blocking pop holds its socket for up to ``block`` seconds, so each pump
+            # gets its own connection instead of stalling the shared one.
+            connection = RedisConnection(
+                self.pools[index], self.loop, self.reply_timeout, name=f"{key}@{index}"
+            )
+            pump = KeyPump(
+                connection,
+                key,
+                wanted,
+                on_batch,
+                block,
+                batch,
+                description=f"{key} on {describe_host(self.hosts[index])}",
+            )
+            self.pumps[(key, index)] = pump
+        return pump
+
+    def forget_pump(self, key: str, index: int) -> None:
+        pump = self.pumps.get((key, index))
+        if pump is not None and not pump.running:
+            del self.pumps[(key, index)]
+            pump.connection.close_nowait()
+
+    @property
+    def connection_count(self) -> int:
+        sockets = [c for c in self.commands if c.is_connected]
+        sockets += [p.connection for p in self.pumps.values() if p.connection.is_connected]
+        return len(sockets)
+
+    async def close(self) -> None:
+        """Stop the pumps cleanly (no pop abandoned mid-reply), then close every socket."""
+        if self.closed:
+            return
+        self.closed = True
+        pumps = list(self.pumps.items())
+        await asyncio.gather(
+            *[pump.stop(self.commands[index]) for (_, index), pump in pumps],
+            return_exceptions=True,
+        )
+        for _, pump in pumps:
+            await pump.connection.close()
+        for connection in self.commands:
+            await connection.close()
+        for pool in self.pools:
+            await _close_pool(pool)
+
+    def close_nowait(self) -> None:
+        """Close from another thread's loop or a loop that no longer runs."""
+        self.closed = True
+        for pump in self.pumps.values():
+            pump.stopping = True
+            pump.connection.close_nowait()
+        for connection in self.commands:
+            connection.close_nowait()
+
+
+async def _close_pool(pool: Any) -> None:
+    # Our sockets never enter redis-py's pool, but a sentinel pool keeps clients to
+    # the sentinels themselves, which must not outlive the loop.
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is not None:
+        for sentinel in manager.sentinels:
+            closer = getattr(sentinel, "aclose", None) or sentinel.close
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+    try:
+        await pool.disconnect()
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,137 @@
+"""The receive pump: one task per (Redis key, shard) that drains the key into local buffers.
+
+It blocks with BZPOPMIN and, in the same write, asks for a batch with ZPOPMIN: Redis
+runs the second command as soon as the first unblocks, so one round trip brings up to
+``batch`` messages. Consumers never run a pop themselves; cancelling a ``receive()``
+only removes its waiter, so a popped message can never be lost to a cancellation.
+The pump is stopped with CLIENT UNBLOCK rather than cancelled, so even a stop never
+abandons a pop whose reply is on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import RedisConnection
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between reconnect attempts while Redis is unreachable (doubling up to).
+RETRY_START = 0.05
+RETRY_MAX = 1.0
+
+
+class KeyPump:
+    """Pops batches from one sorted set on one shard while someone wants them."""
+
+    def __init__(
+        self,
+        connection: RedisConnection,
+        key: str,
+        wanted: Callable[[], int],
+        on_batch: Callable[[list], None],
+        block: float,
+        batch: int,
+        description: str = "",
+    ) -> None:
+        self.connection = connection
+        self.key = key
+        self.wanted = wanted  # how many receivers wait on this key right now
+        self.on_batch = on_batch
+        self.block = block
+        self.batch = batch
+        self.description = description or key
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+        self.client_id: int | None = None
+        self._client_id_of = -1  # connection.connects when client_id was read
+        self.errors = 0
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def ensure_running(self) -> None:
+        if not self.running and not self.stopping:
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _pop(self, count: int) -> list:
+        protocol = await self.connection.connect()
+        if self._client_id_of != self.connection.connects:
+            self._client_id_of = self.connection.connects
+            try:
+                self.client_id = int(await protocol.execute(("CLIENT", "ID")))
+            except ResponseError:  # an ACL without CLIENT: stop() waits out the block
+                self.client_id = None
+        blocked = protocol.execute(("BZPOPMIN", self.key, self.block), block=self.block)
+        more = protocol.execute(("ZPOPMIN", self.key, count - 1)) if count > 1 else None
+        first = await blocked
+        rest = await more if more is not None else None
+        flat: list = []
+        if first:
+            flat.append(first[1])
+            flat.append(first[2])
+        if rest:
+            flat.extend(rest)
+        return flat
+
+    async def _run(self) -> None:
+        delay = RETRY_START
+        while not self.stopping:
+            wanted = self.wanted()
+            if wanted <= 0:
+                return
+            try:
+                # batch <= 0: a shared work queue, take one per waiting receiver.
+                flat = await self._pop(self.batch if self.batch > 0 else wanted)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.errors += 1
+                if self.errors == 1 or self.errors % 50 == 0:
+                    logger.warning("Receive from %s failed (%s); retrying", self.description, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            except ResponseError as exc:
+                message = str(exc)
+                if message.startswith("READONLY"):
+                    # A demoted master after a failover: reconnect through discovery.
+                    self.connection.drop()
+                    await asyncio.sleep(delay)
+                    continue
+                self.errors += 1
+                logger.error("Redis refused a receive on %s: %s", self.description, exc)
+                await asyncio.sleep(RETRY_MAX)
+                continue
+            if self.errors:
+                logger.info("Receive from %s works again", self.description)
+                self.errors = 0
+            delay = RETRY_START
+            if flat:
+                try:
+                    self.on_batch(flat)
+                except Exception:  # pragma: no cover - a bug, but never kill the pump
+                    logger.exception("Delivering a batch from %s failed", self.description)
+
+    async def stop(self, control: RedisConnection | None) -> None:
+        """Finish the pop in flight (unblocking it if we can), then return."""
+        self.stopping = True
+        task = self.task
+        if task is None or task.done():
+            return
+        if control is not None and self.client_id is not None:
+            try:
+                await asyncio.wait_for(
+                    control.execute("CLIENT", "UNBLOCK", self.client_id), self.block + 1
+                )
+            except Exception:  # noqa: BLE001 - best effort; the wait below still bounds it
+                pass
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.block + 2)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+            task.cancel()
