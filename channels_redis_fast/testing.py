@@ -1,0 +1,740 @@
+"""Private Redis and Sentinel servers for tests and benchmarks.
+
+Every server started here listens on a free loopback port (never 6379 or 26379 unless a
+port is asked for explicitly), lives in its own temporary directory, keeps nothing on disk,
+and is stopped when the interpreter exits even if the caller forgot to.  Only the standard
+library and redis-py's synchronous client are used.
+
+Typical use::
+
+    with RedisServer() as server:
+        layer = RedisChannelLayer(hosts=[server.url])
+        ...
+        server.restart()          # same port: clients may reconnect
+
+    with RedisServer() as master, SentinelServer(master, name="mymaster") as sentinel:
+        replica = RedisServer(replicaof=(master.host, master.port))
+        sentinel.wait_for_replicas(1)
+        master.kill()
+        sentinel.wait_for_master((replica.host, replica.port))
+
+The module also runs as a script to keep servers alive for another program (see ``main``)::
+
+    python -m channels_redis_fast.testing --port 6379 --sentinel-port 26379 \
+        --sentinel-master-name sentinel --sentinel-password channels_redis
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from typing import Iterable, Sequence
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = [
+    "RedisNotInstalled",
+    "RedisServer",
+    "SentinelServer",
+    "ServerError",
+    "find_executable",
+    "free_port",
+    "port_is_open",
+    "stop_all",
+]
+
+LOOPBACK = "127.0.0.1"
+RESERVED_PORTS = frozenset({6379, 26379})
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+INSTALL_HINT = (
+    "Install Redis (server and sentinel), e.g. on Debian/Ubuntu: "
+    "'apt-get install -y redis-server redis-sentinel'. `make test` does this for you."
+)
+
+
+class ServerError(RuntimeError):
+    """A server did not start, or did not answer in time."""
+
+
+class RedisNotInstalled(ServerError):
+    """The redis-server binary is not on PATH."""
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def find_executable(name: str = "redis-server") -> str:
+    """Absolute path of a Redis binary on PATH, or RedisNotInstalled."""
+    path = shutil.which(name)
+    if path is None:
+        raise RedisNotInstalled(f"'{name}' was not found on PATH. {INSTALL_HINT}")
+    return path
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nobody listens on right now (the kernel's pick, never 6379/26379)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in RESERVED_PORTS:
+            return port
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on (host, port)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: str | None, lines: int = 25) -> str:
+    if not path:
+        return "(no log file)"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()[-16384:]
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+    text = data.decode("utf-8", "replace").splitlines()[-lines:]
+    return "\n".join(text) if text else "(log is empty)"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGKILL the server if the process that started it dies first."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
+def _conf_value(value: object) -> str:
+    """Quote a value for a redis.conf line."""
+    text = str(value)
+    if text == "" or any(ch in text for ch in ' \t"\\'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+# Every live server, so that atexit (and stop_all) can reach the forgotten ones.
+_LIVE: "weakref.WeakSet[_Process]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_all() -> None:
+    """Stop every server this process started and has not stopped yet."""
+    with _LIVE_LOCK:
+        servers = list(_LIVE)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.close()
+
+
+atexit.register(stop_all)
+
+
+# --------------------------------------------------------------------------------------
+# process plumbing shared by Redis and Sentinel
+# --------------------------------------------------------------------------------------
+
+
+class _Process:
+    """A redis-server process with a generated config, a temp dir and a fixed port."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        *,
+        port: int | None,
+        host: str,
+        bind: str | None,
+        password: str | None,
+        extra_args: Sequence[str],
+        startup_timeout: float,
+        binary: str | None,
+    ) -> None:
+        self.host = host
+        self.bind = bind or host
+        self.password = password
+        self.extra_args = [str(a) for a in extra_args]
+        self.startup_timeout = startup_timeout
+        self._binary = binary
+        self._fixed_port = port is not None
+        self.port: int = port if port is not None else free_port(host)
+        self.dir = tempfile.mkdtemp(prefix=f"crf-{self.kind}-")
+        self.logfile = os.path.join(self.dir, f"{self.kind}.log")
+        self.conffile = os.path.join(self.dir, f"{self.kind}.conf")
+        self.outfile = os.path.join(self.dir, f"{self.kind}.out")
+        self.process: subprocess.Popen | None = None
+        self._closed = False
+        self._client: redis.Redis | None = None
+
+    # -- to be specialised ---------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _config_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        return bool(self.client().ping())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.running else None
+
+    def start(self) -> "_Process":
+        """Start the server (on the same port as before, if it ran already) and wait for it."""
+        if self._closed:
+            raise ServerError(f"{self!r} is closed")
+        if self.running:
+            return self
+        attempts = 1 if self._fixed_port or self.process is not None else 5
+        last_error: ServerError | None = None
+        for _attempt in range(attempts):
+            try:
+                self._spawn_and_wait()
+                return self
+            except ServerError as exc:
+                last_error = exc
+                self._reap(signal.SIGKILL)
+                if "already in use" not in self.log_tail(200):
+                    raise
+                # Someone took the port between our probe and the bind: take another one.
+                self.port = free_port(self.host)
+        assert last_error is not None
+        raise last_error
+
+    def _spawn_and_wait(self) -> None:
+        with open(self.conffile, "w") as fh:
+            fh.write("\n".join(self._config_lines()) + "\n")
+        for stale in (self.logfile, self.outfile):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        self._drop_client()
+        main_thread = threading.current_thread() is threading.main_thread()
+        with open(self.outfile, "wb") as out:
+            self.process = subprocess.Popen(
+                self._command(),
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # PDEATHSIG fires when the starting *thread* exits, so only from the main thread.
+                preexec_fn=_die_with_parent if (main_thread and sys.platform.startswith("linux")) else None,
+            )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        deadline = time.monotonic() + self.startup_timeout
+        error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(
+                    f"{self.kind} on {self.host}:{self.port} exited with code "
+                    f"{self.process.returncode} while starting.\n{self.log_tail()}"
+                )
+            try:
+                if self._ready():
+                    return
+            except (redis.RedisError, OSError) as exc:
+                error = exc
+                self._drop_client()
+            time.sleep(0.05)
+        raise ServerError(
+            f"{self.kind} on {self.host}:{self.port} did not become ready within "
+            f"{self.startup_timeout:.0f} s (last error: {error!r}).\n{self.log_tail()}"
+        )
+
+    def _reap(self, sig: int) -> None:
+        proc = self.process
+        self._drop_client()
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL). The port stays reserved for start()."""
+        self._reap(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        self._reap(signal.SIGKILL)
+
+    def restart(self) -> "_Process":
+        """Stop and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server for good and remove its directory."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - last resort
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def client(self, **kwargs) -> redis.Redis:
+        """A synchronous redis-py client for this server (the default one is cached)."""
+        if kwargs:
+            return self._new_client(**kwargs)
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def _new_client(self, **kwargs) -> redis.Redis:
+        options = dict(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            # Fail fast: the harness polls on its own, redis-py's backoff only slows it down.
+            retry=Retry(NoBackoff(), 0),
+        )
+        options.update(kwargs)
+        return redis.Redis(**options)
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The end of the server's log file, and of its stdout/stderr if it printed anything."""
+        text = f"--- {self.logfile} ---\n{_tail(self.logfile, lines)}"
+        if os.path.exists(self.outfile) and os.path.getsize(self.outfile):
+            text += f"\n--- {self.outfile} ---\n{_tail(self.outfile, lines)}"
+        return text
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else ("closed" if self._closed else "stopped")
+        return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
+
+
+# --------------------------------------------------------------------------------------
+# public classes
+# --------------------------------------------------------------------------------------
+
+
+class RedisServer(_Process):
+    """A private redis-server.
+
+    :param port: listen on this port (default: a free one, picked by the kernel).
+    :param password: set ``requirepass``; clients then need it.
+    :param unixsocket: also listen on a Unix socket in the server's directory (``unix_path``).
+    :param replicaof: ``(host, port)`` of a master to replicate.
+    :param masterauth: password of that master.
+    :param extra_args: more ``--option value`` arguments for redis-server (e.g. TLS).
+    :param bind: the ``bind`` directive (default: ``host``; e.g. ``"127.0.0.1 -::1"``).
+    :param start: start now (default) or leave it to ``start()`` / ``with``.
+    """
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        unixsocket: bool = False,
+        replicaof: tuple[str, int] | None = None,
+        masterauth: str | None = None,
+        extra_args: Iterable[str] = (),
+        host: str = LOOPBACK,
+        bind: str | None = None,
+        start: bool = True,
+        startup_timeout: float = START_TIMEOUT,
+        binary: str | None = None,
+    ) -> None:
+        self.replicaof = (replicaof[0], int(replicaof[1])) if replicaof else None
+        self.masterauth = masterauth
+        self._unixsocket = unixsocket
+        super().__init__(
+            port=port,
+            host=host,
+            bind=bind,
+            password=password,
+            extra_args=list(extra_args),
+            startup_timeout=startup_timeout,
+            binary=binary,
+        )
+        self.unix_path: str | None = os.path.join(self.dir, "redis.sock") if unixsocket else None
+        if start:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]127.0.0.1:PORT``"""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}"
+
+    @property
+    def unix_url(self) -> str:
+        if not self.unix_path:
+            raise ServerError("this server was started without unixsocket=True")
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.unix_path}"
+
+    def _command(self) -> list[str]:
+        return [self._binary or find_executable("redis-server"), self.conffile, *self.extra_args]
+
+    def _config_lines(self) -> list[str]:
+        lines = [
+            f"port {self.port}",
+            f"bind {self.bind}",
+            "protected-mode no",
+            "daemonize no",
+            f"dir {_conf_value(self.dir)}",
+            f"logfile {_conf_value(self.logfile)}",
+            "loglevel notice",
+            'save ""',
+            "appendonly no",
+            "databases 16",
+        ]
+        if self.password:
+            lines.append(f"requirepass {_conf_value(self.password)}")
+        if self._unixsocket:
+            lines += [f"unixsocket {_conf_value(self.unix_path)}", "unixsocketperm 700"]
+        if self.replicaof:
+            lines.append(f"replicaof {self.replicaof[0]} {self.replicaof[1]}")
+            if self.masterauth:
+                lines.append(f"masterauth {_conf_value(self.masterauth)}")
+        return lines
+
+    def _ready(self) -> bool:
+        if not self.client().ping():
+            return False
+        # A replica answers PING while it is still loading the master's dataset; let it finish.
+        if self.replicaof:
+            info = self.client().info("replication")
+            return info.get("master_link_status") == "up"
+        return True
+
+    def flushall(self) -> None:
+        self.client().flushall()
+
+    def wait_for_role(self, role: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until INFO replication says ``role`` ("master" or "slave")."""
+        deadline = time.monotonic() + timeout
+        current = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, OSError):
+                current = self.client().info("replication").get("role")
+                if current == role:
+                    return
+            time.sleep(0.1)
+        raise ServerError(f"{self!r} is {current!r}, not {role!r}, after {timeout} s")
+
+
+class SentinelServer(_Process):
+    """A redis-sentinel monitoring one master.
+
+    :param master: the RedisServer to monitor, or a ``(host, port)`` pair.
+    :param name: the master set name (``SENTINEL get-master-addr-by-name NAME``).
+    :param password: ``requirepass`` of the sentinel itself (clients pass it in
+        ``sentinel_kwargs``).
+    :param master_password: the master's password (``sentinel auth-pass``); taken from
+        ``master`` when that is a RedisServer.
+    :param down_after_ms, failover_timeout_ms: small so failover tests take seconds.
+    """
+
+    kind = "sentinel"
+
+    def __init__(
+        self,
+        master: RedisServer | tuple[str, int],
+        *,
+        name: str = "mymaster",
+        port: int | None = None,
+        password: str | None = None,
+        master_password: str | None = None,
+        quorum: int = 1,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        extra_args: Iterable[str] = (),
+        host: str = LOOPBACK,
+        bind: str | None = None,
+        start: bool = True,
+        startup_timeout: float = START_TIMEOUT,
+        binary: str | None = None,
+    ) -> None:
+        if isinstance(master, RedisServer):
+            self.master_address = (master.host, master.port)
+            if master_password is None:
+                master_password = master.password
+        else:
+            self.master_address = (master[0], int(master[1]))
+        self.name = name
+        self.master_password = master_password
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        super().__init__(
+            port=port,
+            host=host,
+            bind=bind,
+            password=password,
+            extra_args=list(extra_args),
+            startup_timeout=startup_timeout,
+            binary=binary,
+        )
+        if start:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def sentinel_kwargs(self) -> dict:
+        return {"password": self.password} if self.password else {}
+
+    def hosts_entry(self, **extra) -> dict:
+        """A ``hosts`` entry for RedisChannelLayer that reaches the master through this sentinel."""
+        entry = {"sentinels": [self.address], "master_name": self.name}
+        if self.password:
+            entry["sentinel_kwargs"] = self.sentinel_kwargs
+        if self.master_password:
+            entry["password"] = self.master_password
+        entry.update(extra)
+        return entry
+
+    def _command(self) -> list[str]:
+        sentinel = shutil.which("redis-sentinel")
+        if self._binary:
+            return [self._binary, self.conffile, "--sentinel", *self.extra_args]
+        if sentinel:
+            return [sentinel, self.conffile, *self.extra_args]
+        return [find_executable("redis-server"), self.conffile, "--sentinel", *self.extra_args]
+
+    def _config_lines(self) -> list[str]:
+        host, port = self.master_address
+        name = self.name
+        lines = [
+            f"port {self.port}",
+            f"bind {self.bind}",
+            "protected-mode no",
+            "daemonize no",
+            f"dir {_conf_value(self.dir)}",
+            f"logfile {_conf_value(self.logfile)}",
+            f"sentinel monitor {name} {host} {port} {self.quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.master_password:
+            lines.append(f"sentinel auth-pass {name} {_conf_value(self.master_password)}")
+        if self.password:
+            lines.append(f"requirepass {_conf_value(self.password)}")
+        return lines
+
+    def _ready(self) -> bool:
+        return self.get_master_addr() is not None
+
+    def get_master_addr(self) -> tuple[str, int] | None:
+        """What the sentinel answers to ``SENTINEL get-master-addr-by-name``."""
+        reply = self.client().execute_command("SENTINEL", "get-master-addr-by-name", self.name)
+        if not reply:
+            return None
+        host, port = reply
+        host = host.decode() if isinstance(host, bytes) else host
+        return (host, int(port))
+
+    def replicas(self) -> list[dict]:
+        reply = self.client().execute_command("SENTINEL", "replicas", self.name)
+        result = []
+        for item in reply or []:
+            if isinstance(item, dict):
+                entry = item
+            else:
+                entry = dict(zip(item[::2], item[1::2]))
+            result.append(
+                {
+                    (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                    for k, v in entry.items()
+                }
+            )
+        return result
+
+    def wait_for_replicas(self, count: int = 1, timeout: float = 20.0) -> list[dict]:
+        """Wait until the sentinel knows ``count`` healthy replicas (it polls the master's INFO)."""
+        deadline = time.monotonic() + timeout
+        known: list[dict] = []
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, OSError):
+                known = [
+                    r
+                    for r in self.replicas()
+                    if "s_down" not in r.get("flags", "") and "disconnected" not in r.get("flags", "")
+                ]
+                if len(known) >= count:
+                    return known
+            time.sleep(0.1)
+        raise ServerError(
+            f"sentinel {self.name!r} knows {len(known)} replica(s), wanted {count}, after {timeout} s"
+            f"\n{self.log_tail()}"
+        )
+
+    def wait_for_master(self, address: tuple[str, int], timeout: float = 30.0) -> None:
+        """Wait until the sentinel reports ``address`` as the master (after a failover)."""
+        expected = (address[0], int(address[1]))
+        deadline = time.monotonic() + timeout
+        current = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, OSError):
+                current = self.get_master_addr()
+                if current == expected:
+                    return
+            time.sleep(0.1)
+        raise ServerError(
+            f"sentinel {self.name!r} still reports {current}, not {expected}, after {timeout} s"
+            f"\n{self.log_tail()}"
+        )
+
+    def failover(self) -> None:
+        """Ask for a failover now (``SENTINEL FAILOVER``), without waiting for it."""
+        self.client().execute_command("SENTINEL", "FAILOVER", self.name)
+
+
+# --------------------------------------------------------------------------------------
+# command line: keep servers up for another program (used by .ci/conformance.sh)
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m channels_redis_fast.testing",
+        description="Run a private Redis (and optionally a Sentinel) until SIGTERM/SIGINT.",
+    )
+    parser.add_argument("--port", type=int, default=None, help="Redis port (default: free port)")
+    parser.add_argument("--bind", default=None, help="Redis/Sentinel bind directive")
+    parser.add_argument("--password", default=None, help="requirepass for Redis")
+    parser.add_argument("--no-redis", action="store_true", help="do not start Redis; monitor --master")
+    parser.add_argument("--master", default=None, help="HOST:PORT of an existing master (with --no-redis)")
+    parser.add_argument("--sentinel-port", type=int, default=None, help="also start a Sentinel here (0: free)")
+    parser.add_argument("--sentinel-master-name", default="mymaster")
+    parser.add_argument("--sentinel-password", default=None)
+    parser.add_argument("--ready-file", default=None, help="write a JSON description here once ready")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    servers: list[_Process] = []
+    info: dict = {}
+    try:
+        if args.no_redis:
+            if not args.master:
+                parser.error("--no-redis needs --master HOST:PORT")
+            mhost, _, mport = args.master.rpartition(":")
+            master: RedisServer | tuple[str, int] = (mhost, int(mport))
+        else:
+            master = RedisServer(port=args.port, bind=args.bind, password=args.password)
+            servers.append(master)
+            info["redis"] = {"host": master.host, "port": master.port, "url": master.url, "pid": master.pid}
+        if args.sentinel_port is not None:
+            sentinel = SentinelServer(
+                master,
+                name=args.sentinel_master_name,
+                port=args.sentinel_port or None,
+                bind=args.bind,
+                password=args.sentinel_password,
+                master_password=args.password,
+            )
+            servers.append(sentinel)
+            info["sentinel"] = {
+                "host": sentinel.host,
+                "port": sentinel.port,
+                "master_name": sentinel.name,
+                "pid": sentinel.pid,
+            }
+        text = json.dumps(info)
+        if args.ready_file:
+            tmp = args.ready_file + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, args.ready_file)
+        print(text, flush=True)
+        while not stop.wait(0.5):
+            for server in servers:
+                if not server.running:
+                    print(f"{server!r} exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
+                    return 1
+        return 0
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for server in reversed(servers):
+            server.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
