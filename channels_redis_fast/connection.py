@@ -18,7 +18,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import hiredis
 from redis.asyncio import ConnectionPool
@@ -225,8 +225,11 @@ class RedisConnection:
         loop: asyncio.AbstractEventLoop,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
         name: str = "",
+        protocol_factory: Callable[[asyncio.AbstractEventLoop, float], RedisProtocol] | None = None,
     ) -> None:
         self.pool = pool
+        # Pub/sub connections plug in a protocol that also routes pushed messages.
+        self.protocol_factory = protocol_factory or RedisProtocol
         self.loop = loop
         self.reply_timeout = reply_timeout
         self.name = name
@@ -290,7 +293,7 @@ class RedisConnection:
         if self.closed:
             writer.transport.close()
             raise RedisConnectionError("The channel layer closed this connection")
-        protocol = RedisProtocol(self.loop, self.reply_timeout)
+        protocol = self.protocol_factory(self.loop, self.reply_timeout)
         protocol.attach(writer.transport)
         # Keep redis-py's connection object alive: its StreamWriter owns the transport
         # and may close it when collected.
