@@ -1,0 +1,760 @@
+# cython: language_level=3
+"""Compiled hot paths of channels_redis_fast (twin of ``channels_redis_fast._speedups_py``).
+
+Data in, data out: nothing here touches the event loop. Every public name behaves exactly
+like the pure twin, which documents the contracts; comments here explain the C-level choices.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_Check,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check, PyFloat_CheckExact
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.stdint cimport uint32_t
+from libc.string cimport memcpy
+
+import fnmatch
+import os
+import re
+from asyncio import QueueEmpty
+
+import msgpack
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    # No exception spec: the caller checks the end pointer and clears the error itself.
+    double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception)
+    char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int *ptype) except NULL
+    long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
+    bint PyByteArray_Check(object o)
+    char *PyByteArray_AS_STRING(object o)
+    bint PyMemoryView_Check(object o)
+    bint PyBool_Check(object o)
+    bint PyLong_Check(object o)
+    bint PyUnicode_Check(object o)
+    bint PyDict_Check(object o)
+    bint PyList_CheckExact(object o)
+    bint PyTuple_CheckExact(object o)
+    void PyErr_Clear()
+    int Py_DTSF_ADD_DOT_0
+
+cdef extern from "crf_crc32.h":
+    void crf_crc32_init()
+    uint32_t crf_crc32(const unsigned char *p, size_t n) nogil
+
+crf_crc32_init()
+
+__all__ = [
+    "CapacityMatcher",
+    "ChannelBuffer",
+    "consistent_hash",
+    "demux_batch",
+    "encode_command",
+    "encode_commands",
+    "pack_message",
+    "random_prefix",
+    "unpack_message",
+]
+
+# ---------------------------------------------------------------------------
+# Shard selection
+# ---------------------------------------------------------------------------
+
+
+def consistent_hash(value, Py_ssize_t ring_size):
+    """consistent_hash(value: str | bytes, ring_size: int) -> int"""
+    cdef const char *data
+    cdef Py_ssize_t size
+    cdef double divisor
+    if PyUnicode_Check(value):
+        # Zero-copy: CPython caches the UTF-8 form inside the str object.
+        data = PyUnicode_AsUTF8AndSize(value, &size)
+    elif PyBytes_Check(value):
+        data = PyBytes_AS_STRING(value)
+        size = PyBytes_GET_SIZE(value)
+    else:
+        raise TypeError(
+            f"consistent_hash() value must be str or bytes, not {type(value).__name__}")
+    if ring_size < 1:
+        raise ValueError(f"consistent_hash() ring_size must be >= 1, got {ring_size!r}")
+    if ring_size == 1:
+        return 0
+    # Same double arithmetic as channels_redis (bigval / (4096 / float(ring_size))); an
+    # integer shortcut would round differently for ring sizes that do not divide 4096.
+    divisor = 4096.0 / <double>ring_size
+    return <Py_ssize_t>(<double>(crf_crc32(<const unsigned char *>data, <size_t>size) & 0xFFF)
+                        / divisor)
+
+
+# ---------------------------------------------------------------------------
+# Message framing: random prefix + msgpack
+# ---------------------------------------------------------------------------
+
+# Prefix bytes come from an os.urandom pool (see the pure twin for why not `random`).
+# The bytearray is both the storage and the object a critical section locks on
+# free-threaded builds. With a GIL the copies below run without any Python code in
+# between, so they are already atomic and the critical section compiles to nothing.
+cdef enum:
+    _POOL_CHUNK = 4096
+
+cdef bytearray _pool = bytearray(_POOL_CHUNK)
+cdef Py_ssize_t _pool_pos = _POOL_CHUNK
+cdef object _urandom = os.urandom
+
+
+def _reset_pool():
+    # A forked child must not replay the parent's unused random bytes.
+    global _pool_pos
+    _pool_pos = _POOL_CHUNK
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)
+
+
+cdef int _fill_random(char *dest, Py_ssize_t n) except -1:
+    global _pool_pos
+    cdef bytes fresh
+    cdef bint done = False
+    if n > _POOL_CHUNK:
+        fresh = _urandom(n)
+        memcpy(dest, PyBytes_AS_STRING(fresh), n)
+        return 0
+    with cython.critical_section(_pool):
+        if _pool_pos + n <= _POOL_CHUNK:
+            memcpy(dest, PyByteArray_AS_STRING(_pool) + _pool_pos, n)
+            _pool_pos += n
+            done = True
+    if done:
+        return 0
+    # The syscall runs outside the critical section; if another thread refilled in the
+    # meantime its pool is used and these bytes are simply discarded.
+    fresh = _urandom(_POOL_CHUNK)
+    with cython.critical_section(_pool):
+        if _pool_pos + n > _POOL_CHUNK:
+            memcpy(PyByteArray_AS_STRING(_pool), PyBytes_AS_STRING(fresh), _POOL_CHUNK)
+            _pool_pos = 0
+        memcpy(dest, PyByteArray_AS_STRING(_pool) + _pool_pos, n)
+        _pool_pos += n
+    return 0
+
+
+def random_prefix(Py_ssize_t n):
+    """random_prefix(n: int) -> bytes"""
+    if n <= 0:
+        return b""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    _fill_random(PyBytes_AS_STRING(out), n)
+    return out
+
+
+# One module-level Packer with msgpack.packb()'s defaults; it resets itself after each
+# call, also when packing fails.
+cdef object _pack = msgpack.Packer().pack
+cdef object _unpackb = msgpack.unpackb
+
+
+def pack_message(message, Py_ssize_t prefix_length):
+    """pack_message(message: Any, prefix_length: int) -> bytes"""
+    cdef bytes payload = _pack(message)
+    if prefix_length <= 0:
+        return payload
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, prefix_length + size)
+    cdef char *buf = PyBytes_AS_STRING(out)
+    _fill_random(buf, prefix_length)
+    memcpy(buf + prefix_length, PyBytes_AS_STRING(payload), size)
+    return out
+
+
+def unpack_message(data, Py_ssize_t prefix_length):
+    """unpack_message(data: bytes, prefix_length: int) -> Any"""
+    cdef Py_ssize_t size
+    if prefix_length > 0:
+        if PyBytes_CheckExact(data):
+            size = PyBytes_GET_SIZE(data)
+            if prefix_length >= size:
+                data = b""
+            else:
+                data = PyBytes_FromStringAndSize(
+                    PyBytes_AS_STRING(data) + prefix_length, size - prefix_length)
+        else:
+            data = data[prefix_length:]
+    return _unpackb(data)
+
+
+# ---------------------------------------------------------------------------
+# Capacity matching
+# ---------------------------------------------------------------------------
+
+cdef enum RuleKind:
+    RULE_EXACT = 0
+    RULE_PREFIX = 1
+    RULE_MATCHER = 2
+
+cdef frozenset _GLOB_SPECIALS = frozenset("*?[")
+
+
+@cython.final
+@cython.freelist(8)
+cdef class _Rule:
+    cdef RuleKind kind
+    cdef str key         # RULE_EXACT / RULE_PREFIX
+    cdef object match    # RULE_MATCHER: a bound .match
+    cdef object capacity
+
+
+cdef _Rule _compile_rule(object pattern, object capacity):
+    cdef _Rule rule = _Rule.__new__(_Rule)
+    cdef str head
+    rule.capacity = capacity
+    rule.kind = RULE_MATCHER
+    # Same classification as the pure twin: .match objects first, as channels does.
+    if hasattr(pattern, "match"):
+        rule.match = pattern.match
+        return rule
+    if PyUnicode_Check(pattern):
+        if _GLOB_SPECIALS.isdisjoint(pattern):
+            rule.kind = RULE_EXACT
+            rule.key = pattern
+            return rule
+        head = pattern[:-1]
+        if pattern[-1] == "*" and _GLOB_SPECIALS.isdisjoint(head):
+            rule.kind = RULE_PREFIX
+            rule.key = head
+            return rule
+    rule.match = re.compile(fnmatch.translate(pattern)).match
+    return rule
+
+
+@cython.final
+cdef class CapacityMatcher:
+    """CapacityMatcher(channel_capacity, default: int, cache_size: int = 4096)
+
+    See ``channels_redis_fast._speedups_py.CapacityMatcher``.
+    """
+
+    cdef tuple _rules
+    cdef object _default
+    cdef dict _cache
+    cdef Py_ssize_t _cache_size
+
+    def __init__(self, channel_capacity, default, Py_ssize_t cache_size=4096):
+        if channel_capacity is None:
+            pairs = ()
+        elif hasattr(channel_capacity, "items"):
+            pairs = channel_capacity.items()
+        else:
+            pairs = channel_capacity
+        self._rules = tuple([_compile_rule(p, c) for p, c in pairs])
+        self._default = default
+        self._cache = {}
+        self._cache_size = cache_size
+
+    def get(self, name):
+        """get(name: str) -> int"""
+        cdef object found = self._cache.get(name)
+        if found is not None:
+            return found
+        if not PyUnicode_Check(name):
+            raise TypeError(f"channel name must be str, not {type(name).__name__}")
+        found = self._lookup(<str>name)
+        if self._cache_size > 0 and found is not None:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[name] = found
+        return found
+
+    cdef object _lookup(self, str name):
+        cdef _Rule rule
+        for rule in self._rules:
+            if rule.kind == RULE_EXACT:
+                if name == rule.key:
+                    return rule.capacity
+            elif rule.kind == RULE_PREFIX:
+                if name.startswith(rule.key):
+                    return rule.capacity
+            elif rule.match(name):
+                return rule.capacity
+        return self._default
+
+
+# ---------------------------------------------------------------------------
+# Receive buffers and demultiplexing
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    # Ring slots allocated up front; bounded buffers grow by doubling up to maxsize, so
+    # a buffer that only ever holds a message or two stays small.
+    _RING_MIN = 8
+    # Unbounded buffers drained empty give back memory beyond this many slots.
+    _RING_SHRINK = 1024
+
+
+@cython.final
+cdef class ChannelBuffer:
+    """ChannelBuffer(maxsize: int)
+
+    Bounded FIFO that drops its OLDEST item when full (``maxsize <= 0``: unbounded).
+    A ring over a Python list: unlike a C array of references it needs no GC support
+    code of its own, and unlike calling into a deque it stays in C on both ends.
+    """
+
+    cdef list _ring
+    cdef Py_ssize_t _head    # slot of the oldest item
+    cdef Py_ssize_t _count
+    cdef readonly Py_ssize_t maxsize
+    cdef public Py_ssize_t dropped
+
+    def __cinit__(self, Py_ssize_t maxsize=0):
+        self.maxsize = maxsize
+        self._ring = [None] * _RING_MIN
+        self._head = 0
+        self._count = 0
+        self.dropped = 0
+
+    def __init__(self, Py_ssize_t maxsize):
+        pass
+
+    # Indices below are kept in [0, len(self._ring)) by construction, so the per-access
+    # bounds and negative-index checks would only re-verify that invariant.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int push(self, object item) except -1:
+        cdef Py_ssize_t cap = len(self._ring)
+        cdef Py_ssize_t slot
+        if self.maxsize > 0 and self._count >= self.maxsize:
+            # Full: the ring has exactly maxsize slots; overwrite the oldest.
+            self._ring[self._head] = item
+            self._head += 1
+            if self._head == cap:
+                self._head = 0
+            self.dropped += 1
+            return 0
+        if self._count == cap:
+            self._grow()
+            cap = len(self._ring)
+        slot = self._head + self._count
+        if slot >= cap:
+            slot -= cap
+        self._ring[slot] = item
+        self._count += 1
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = len(self._ring)
+        cdef Py_ssize_t new_cap = cap * 2
+        if self.maxsize > 0 and new_cap > self.maxsize:
+            new_cap = self.maxsize
+        # Unroll the ring so the oldest item lands in slot 0.
+        ring = self._ring[self._head:] + self._ring[:self._head]
+        ring.extend([None] * (new_cap - cap))
+        self._ring = ring
+        self._head = 0
+        return 0
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object pop(self):
+        if self._count == 0:
+            raise QueueEmpty
+        cdef object item = self._ring[self._head]
+        self._ring[self._head] = None
+        self._head += 1
+        if self._head == len(self._ring):
+            self._head = 0
+        self._count -= 1
+        if self._count == 0:
+            self._head = 0
+            if len(self._ring) > _RING_SHRINK:
+                self._ring = [None] * _RING_MIN
+        return item
+
+    def put_nowait(self, item):
+        """put_nowait(item) -> None"""
+        self.push(item)
+
+    def get_nowait(self):
+        """get_nowait() -> Any; raises asyncio.QueueEmpty when empty."""
+        return self.pop()
+
+    def qsize(self):
+        return self._count
+
+    def empty(self):
+        return self._count == 0
+
+    def full(self):
+        return self.maxsize > 0 and self._count >= self.maxsize
+
+    def __len__(self):
+        return self._count
+
+    def __repr__(self):
+        return (f"<ChannelBuffer qsize={self._count} maxsize={self.maxsize} "
+                f"dropped={self.dropped}>")
+
+
+cdef inline ChannelBuffer _new_buffer(Py_ssize_t maxsize):
+    return ChannelBuffer.__new__(ChannelBuffer, maxsize)
+
+
+cdef str _CHANNEL_KEY = "__asgi_channel__"
+
+
+cdef object _targets_error(object msg):
+    # Must produce the same errors as the pure twin's _targets_error.
+    if not PyDict_Check(msg):
+        return ValueError(f"message must decode to a dict, not {type(msg).__name__}")
+    target = (<dict>msg).get(_CHANNEL_KEY, _targets_error)
+    if target is _targets_error:
+        return ValueError(f"message has no {_CHANNEL_KEY!r} key")
+    if PyUnicode_Check(target):
+        return None
+    if isinstance(target, list):
+        if not target:
+            return ValueError(f"{_CHANNEL_KEY!r} is an empty list")
+        for channel in <list>target:
+            if not PyUnicode_Check(channel):
+                return ValueError(
+                    f"{_CHANNEL_KEY!r} list items must be str, not {type(channel).__name__}")
+        return None
+    return ValueError(
+        f"{_CHANNEL_KEY!r} must be a str or a list of str, not {type(target).__name__}")
+
+
+cdef inline bint _fast_score(object score, double *out) noexcept:
+    # Parses the common score shapes without allocating; anything unusual (whitespace,
+    # underscores, embedded NULs, other types) goes through float() for exact semantics.
+    cdef char *end
+    cdef const char *text
+    cdef Py_ssize_t size
+    if PyFloat_CheckExact(score):
+        out[0] = PyFloat_AS_DOUBLE(score)
+        return True
+    if PyBytes_CheckExact(score):
+        text = PyBytes_AS_STRING(score)
+        size = PyBytes_GET_SIZE(score)
+        if size == 0:
+            return False
+        out[0] = PyOS_string_to_double(text, &end, NULL)
+        if end == NULL or end != text + size:
+            PyErr_Clear()
+            return False
+        return True
+    return False
+
+
+cdef int _deliver(dict buffers, object channel, object item, Py_ssize_t maxsize,
+                  list touched, set seen) except -1:
+    buf = buffers.get(channel)
+    if buf is None:
+        buf = _new_buffer(maxsize)
+        buffers[channel] = buf
+    if type(buf) is ChannelBuffer:
+        (<ChannelBuffer>buf).push(item)
+    else:
+        buf.put_nowait(item)
+    if channel not in seen:
+        seen.add(channel)
+        touched.append(channel)
+    return 0
+
+
+def demux_batch(flat, decode, dict buffers not None, Py_ssize_t maxsize, double cutoff):
+    """demux_batch(flat, decode, buffers, maxsize, cutoff) -> (touched, malformed, expired)
+
+    See ``channels_redis_fast._speedups_py.demux_batch``.
+    """
+    cdef list pairs = flat if PyList_CheckExact(flat) else list(flat)
+    cdef Py_ssize_t count = len(pairs)
+    cdef Py_ssize_t i, j, n_targets
+    cdef double score
+    cdef list touched = []
+    cdef set seen = set()
+    cdef list malformed = []
+    cdef Py_ssize_t expired = 0
+    cdef object member, msg, target, error
+    if count % 2:
+        raise ValueError("flat must hold member/score pairs (even length)")
+    for i in range(0, count, 2):
+        member = pairs[i]
+        if not _fast_score(pairs[i + 1], &score):
+            try:
+                score = float(pairs[i + 1])
+            except Exception as exc:
+                malformed.append((member, exc))
+                continue
+        if score < cutoff:
+            expired += 1
+            continue
+        try:
+            msg = decode(member)
+        except Exception as exc:
+            malformed.append((member, exc))
+            continue
+        error = _targets_error(msg)
+        if error is not None:
+            malformed.append((member, error))
+            continue
+        target = (<dict>msg).pop(_CHANNEL_KEY)
+        if PyUnicode_Check(target):
+            _deliver(buffers, target, msg, maxsize, touched, seen)
+        else:
+            # Validated above as a non-empty list of str. Further channels get their own
+            # shallow copy so one consumer mutating its message cannot affect another.
+            n_targets = len(<list>target)
+            _deliver(buffers, (<list>target)[0], msg, maxsize, touched, seen)
+            for j in range(1, n_targets):
+                _deliver(buffers, (<list>target)[j], dict(<dict>msg), maxsize, touched, seen)
+    return touched, malformed, expired
+
+
+# ---------------------------------------------------------------------------
+# RESP2 command encoding
+# ---------------------------------------------------------------------------
+# Two passes over the arguments: the first resolves each one to a (pointer, length)
+# without copying (UTF-8 cached in the str, bytes data, buffer views) and sums the
+# output size; the second writes everything into a single bytes object of that size.
+
+cdef enum PieceKind:
+    PIECE_ARRAY = 0    # "*<size>\r\n"
+    PIECE_BULK = 1     # "$<size>\r\n<data>\r\n"; data NULL means the text is in num
+
+cdef struct Piece:
+    PieceKind kind
+    Py_ssize_t size
+    const char *data
+    char num[32]       # a formatted int or float; repr(float) needs at most 24 chars
+
+cdef enum:
+    _STACK_PIECES = 16
+
+
+cdef struct Pieces:
+    Piece *items
+    Py_ssize_t n
+    Py_ssize_t cap
+    Py_buffer *views   # buffers to release once the output is written
+    Py_ssize_t n_views
+    Py_ssize_t cap_views
+    Py_ssize_t total   # exact output size
+    Piece stack[_STACK_PIECES]
+
+
+cdef inline Py_ssize_t _dec_len(unsigned long long v) noexcept nogil:
+    cdef Py_ssize_t n = 1
+    while v >= 10:
+        v //= 10
+        n += 1
+    return n
+
+
+cdef inline char *_write_dec(char *p, unsigned long long v) noexcept nogil:
+    cdef Py_ssize_t n = _dec_len(v)
+    cdef char *q = p + n
+    while True:
+        q -= 1
+        q[0] = <char>(48 + v % 10)
+        v //= 10
+        if v == 0:
+            break
+    return p + n
+
+
+cdef Piece *_new_piece(Pieces *ps) except NULL:
+    cdef Piece *grown
+    if ps.n == ps.cap:
+        if ps.items == ps.stack:
+            grown = <Piece *>PyMem_Malloc(ps.cap * 2 * sizeof(Piece))
+            if grown != NULL:
+                memcpy(grown, ps.stack, ps.n * sizeof(Piece))
+        else:
+            grown = <Piece *>PyMem_Realloc(ps.items, ps.cap * 2 * sizeof(Piece))
+        if grown == NULL:
+            raise MemoryError()
+        ps.items = grown
+        ps.cap *= 2
+    ps.n += 1
+    return &ps.items[ps.n - 1]
+
+
+cdef Py_buffer *_new_view(Pieces *ps) except NULL:
+    cdef Py_buffer *grown
+    cdef Py_ssize_t cap
+    if ps.n_views == ps.cap_views:
+        cap = ps.cap_views * 2 if ps.cap_views else 4
+        grown = <Py_buffer *>PyMem_Realloc(ps.views, cap * sizeof(Py_buffer))
+        if grown == NULL:
+            raise MemoryError()
+        ps.views = grown
+        ps.cap_views = cap
+    return &ps.views[ps.n_views]
+
+
+cdef int _add_bulk_text(Pieces *ps, Piece *piece, const char *text,
+                        Py_ssize_t size) except -1:
+    memcpy(piece.num, text, size)
+    piece.data = NULL
+    piece.size = size
+    ps.total += 1 + _dec_len(size) + 2 + size + 2
+    return 0
+
+
+cdef int _add_arg(Pieces *ps, object arg, list keep) except -1:
+    cdef Piece *piece = _new_piece(ps)
+    cdef Py_ssize_t size
+    cdef long long ival
+    cdef unsigned long long mag
+    cdef int overflow = 0
+    cdef char *text
+    cdef Py_buffer *view
+    cdef bytes converted
+    piece.kind = PIECE_BULK
+    if PyBytes_Check(arg):
+        piece.data = PyBytes_AS_STRING(arg)
+        piece.size = PyBytes_GET_SIZE(arg)
+    elif PyUnicode_Check(arg):
+        piece.data = PyUnicode_AsUTF8AndSize(arg, &size)
+        piece.size = size
+    elif PyBool_Check(arg):
+        # An int subclass, but True/False as 1/0 on the wire would hide a bug.
+        raise TypeError(
+            f"Redis command arguments must be bytes, str, int or float, not {type(arg).__name__}")
+    elif PyLong_Check(arg):
+        ival = PyLong_AsLongLongAndOverflow(arg, &overflow)
+        if overflow:
+            converted = int.__repr__(arg).encode("ascii")
+            keep.append(converted)
+            piece.data = PyBytes_AS_STRING(converted)
+            piece.size = PyBytes_GET_SIZE(converted)
+        else:
+            text = piece.num
+            if ival < 0:
+                text[0] = b"-"
+                text += 1
+                # Negate in unsigned arithmetic: -LLONG_MIN does not fit a long long.
+                mag = 0ULL - <unsigned long long>ival
+            else:
+                mag = <unsigned long long>ival
+            text = _write_dec(text, mag)
+            piece.data = NULL
+            piece.size = text - piece.num
+            ps.total += 1 + _dec_len(piece.size) + 2 + piece.size + 2
+            return 0
+    elif PyFloat_Check(arg):
+        text = PyOS_double_to_string(PyFloat_AS_DOUBLE(arg), b"r", 0, Py_DTSF_ADD_DOT_0, NULL)
+        try:
+            _add_bulk_text(ps, piece, text, len(text))
+        finally:
+            PyMem_Free(text)
+        return 0
+    elif PyByteArray_Check(arg) or PyMemoryView_Check(arg):
+        view = _new_view(ps)
+        try:
+            PyObject_GetBuffer(arg, view, PyBUF_SIMPLE)
+        except BufferError:
+            # Non-contiguous memoryview: needs a copy anyway.
+            converted = memoryview(arg).tobytes()
+            keep.append(converted)
+            piece.data = PyBytes_AS_STRING(converted)
+            piece.size = PyBytes_GET_SIZE(converted)
+        else:
+            ps.n_views += 1
+            piece.data = <const char *>view.buf
+            piece.size = view.len
+    else:
+        raise TypeError(
+            f"Redis command arguments must be bytes, str, int or float, not {type(arg).__name__}")
+    ps.total += 1 + _dec_len(piece.size) + 2 + piece.size + 2
+    return 0
+
+
+cdef int _add_command(Pieces *ps, object args, list keep) except -1:
+    # A tuple snapshot keeps every argument (and so every borrowed pointer) alive even if
+    # a garbage-collector callback mutated the caller's list between the two passes.
+    cdef tuple items = args if PyTuple_CheckExact(args) else tuple(args)
+    keep.append(items)
+    cdef Piece *header = _new_piece(ps)
+    header.kind = PIECE_ARRAY
+    header.size = len(items)
+    ps.total += 1 + _dec_len(header.size) + 2
+    for arg in items:
+        _add_arg(ps, arg, keep)
+    return 0
+
+
+cdef bytes _render(Pieces *ps):
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, ps.total)
+    cdef char *p = PyBytes_AS_STRING(out)
+    cdef Piece *piece
+    cdef Py_ssize_t i
+    for i in range(ps.n):
+        piece = &ps.items[i]
+        if piece.kind == PIECE_ARRAY:
+            p[0] = b"*"
+            p = _write_dec(p + 1, piece.size)
+        else:
+            p[0] = b"$"
+            p = _write_dec(p + 1, piece.size)
+            p[0] = b"\r"
+            p[1] = b"\n"
+            p += 2
+            memcpy(p, piece.data if piece.data != NULL else piece.num, piece.size)
+            p += piece.size
+        p[0] = b"\r"
+        p[1] = b"\n"
+        p += 2
+    return out
+
+
+cdef inline void _init_pieces(Pieces *ps) noexcept:
+    ps.items = ps.stack
+    ps.n = 0
+    ps.cap = _STACK_PIECES
+    ps.views = NULL
+    ps.n_views = 0
+    ps.cap_views = 0
+    ps.total = 0
+
+
+cdef inline void _free_pieces(Pieces *ps) noexcept:
+    cdef Py_ssize_t i
+    for i in range(ps.n_views):
+        PyBuffer_Release(&ps.views[i])
+    PyMem_Free(ps.views)
+    if ps.items != ps.stack:
+        PyMem_Free(ps.items)
+
+
+def encode_command(args):
+    """encode_command(args: Sequence[bytes | str | int | float]) -> bytes"""
+    cdef Pieces ps
+    cdef list keep = []
+    _init_pieces(&ps)
+    try:
+        _add_command(&ps, args, keep)
+        return _render(&ps)
+    finally:
+        _free_pieces(&ps)
+
+
+def encode_commands(commands):
+    """encode_commands(commands: Iterable[Sequence[...]]) -> bytes"""
+    cdef Pieces ps
+    cdef list keep = []
+    _init_pieces(&ps)
+    try:
+        for args in commands:
+            _add_command(&ps, args, keep)
+        return _render(&ps)
+    finally:
+        _free_pieces(&ps)
