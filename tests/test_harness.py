@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -131,9 +132,10 @@ def test_no_stray_processes_after_a_crashed_owner(tmp_path):
         "print(s.pid, s.port, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    # Its temp dir cannot be removed by a dead owner: keep it under pytest's tmp_path.
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
     pid, port = (int(x) for x in out.stdout.split())
-    import time
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

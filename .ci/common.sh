@@ -1,0 +1,99 @@
+# Shared helpers for .ci/*.sh (sourced, not executed).
+# Everything here is idempotent: re-running a step that is already done is cheap.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON_BOOTSTRAP="${PYTHON:-python3}"
+
+section() {
+    printf '\n\033[1m==== %s ====\033[0m\n' "$*"
+}
+
+die() {
+    printf '\nFAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# Install Debian's redis-server and redis-sentinel when either binary is missing.
+ensure_redis() {
+    section "Redis binaries"
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1; then
+        echo "found $(command -v redis-server): $(redis-server --version)"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 \
+        || die "redis-server/redis-sentinel missing and no apt-get: install Redis >= 5 yourself"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "redis-server missing; run as root or install redis-server redis-sentinel"
+        sudo="sudo"
+    fi
+    echo "installing redis-server and redis-sentinel with apt-get ..."
+    # The packages' post-install scripts would start system services on 6379/26379; this
+    # project runs its own private servers, so tell invoke-rc.d not to start anything.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    {
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                redis-server redis-sentinel >/dev/null
+    } || rc=$?
+    if [ "$made_policy" = 1 ]; then $sudo rm -f "$policy"; fi
+    [ "$rc" = 0 ] || die "apt-get install redis-server redis-sentinel failed (exit $rc)"
+    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get"
+    echo "installed: $(redis-server --version)"
+}
+
+# Create (or reuse) the project's virtualenv.
+ensure_venv() {
+    section "Virtualenv $VENV"
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null; then
+        echo "reusing $("$VENV/bin/python" --version) in $VENV"
+        return 0
+    fi
+    "$PYTHON_BOOTSTRAP" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' \
+        || die "$PYTHON_BOOTSTRAP is older than 3.10"
+    rm -rf "$VENV"
+    "$PYTHON_BOOTSTRAP" -m venv "$VENV" \
+        || die "could not create a virtualenv (on Debian: apt-get install python3-venv)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    echo "created $("$VENV/bin/python" --version) in $VENV"
+}
+
+# Fingerprint of everything that goes into the installed package, plus the extras asked for.
+_source_fingerprint() {
+    local extras="$1"
+    (
+        cd "$ROOT"
+        {
+            echo "extras=$extras no_ext=${CHANNELS_REDIS_FAST_NO_EXTENSIONS:-}"
+            "$VENV/bin/python" --version
+            find channels_redis_fast ext setup.py setup.cfg pyproject.toml MANIFEST.in README.rst \
+                -type f \( -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' \
+                -o -name '*.h' -o -name '*.toml' -o -name '*.cfg' -o -name '*.in' -o -name '*.rst' \
+                -o -name 'py.typed' \) -print0 2>/dev/null | sort -z | xargs -0 sha256sum
+        } | sha256sum | cut -d' ' -f1
+    )
+}
+
+# pip install ".[EXTRAS]" into the venv unless the same sources are already installed.
+install_package() {
+    local extras="$1"
+    section "pip install .[$extras]"
+    local stamp="$VENV/.channels_redis_fast-install" fp
+    fp="$(_source_fingerprint "$extras")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fp" ] \
+        && (cd / && "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("channels_redis_fast") is None)') 2>/dev/null; then
+        echo "sources unchanged since the last install: skipping"
+        return 0
+    fi
+    rm -f "$stamp"
+    (cd "$ROOT" && "$VENV/bin/pip" install -q --disable-pip-version-check ".[$extras]") \
+        || die "pip install .[$extras] failed"
+    echo "$fp" >"$stamp"
+}
