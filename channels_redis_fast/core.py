@@ -17,6 +17,7 @@ import math
 import re
 import time
 import uuid
+import weakref
 from typing import Any, Iterable
 
 from channels.exceptions import ChannelFull
@@ -79,6 +80,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.client_prefix = uuid.uuid4().hex
         # Per event loop: sockets and pumps (see loop_connections.py).
         self._layers: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
+        self._hooked_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         # Local delivery state, shared by whichever loop currently receives.
         self.receive_buffer: dict[str, ChannelBuffer] = _ReceiveBuffers(capacity)
         self.receive_count = 0
@@ -129,7 +131,9 @@ class RedisChannelLayer(BaseChannelLayer):
         if state is None or state.closed:
             state = LoopConnections(self.hosts, loop, self.reply_timeout)
             self._layers[loop] = state
-            _wrap_close(self, loop)
+            if loop not in self._hooked_loops:
+                self._hooked_loops.add(loop)
+                _wrap_close(self, loop)
         return state
 
     def connection(self, index: int) -> RedisConnection:

@@ -58,6 +58,7 @@ class LoopConnections:
                 block,
                 batch,
                 description=f"{key} on {describe_host(self.hosts[index])}",
+                control=self.commands[index],
             )
             self.pumps[(key, index)] = pump
         return pump
@@ -81,7 +82,7 @@ class LoopConnections:
         self.closed = True
         pumps = list(self.pumps.items())
         await asyncio.gather(
-            *[pump.stop(self.commands[index]) for (_, index), pump in pumps],
+            *[pump.stop() for _, pump in pumps],
             return_exceptions=True,
         )
         for _, pump in pumps:

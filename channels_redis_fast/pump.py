@@ -39,8 +39,11 @@ class KeyPump:
         block: float,
         batch: int,
         description: str = "",
+        control: RedisConnection | None = None,
     ) -> None:
         self.connection = connection
+        # A second connection to the same server, to send CLIENT UNBLOCK on.
+        self.control = control
         self.key = key
         self.wanted = wanted  # how many receivers wait on this key right now
         self.on_batch = on_batch
@@ -71,8 +74,36 @@ class KeyPump:
                 self.client_id = None
         blocked = protocol.execute(("BZPOPMIN", self.key, self.block), block=self.block)
         more = protocol.execute(("ZPOPMIN", self.key, count - 1)) if count > 1 else None
-        first = await blocked
-        rest = await more if more is not None else None
+        try:
+            # Shielded: cancelling the pump (asyncio.run and async_to_sync cancel every
+            # task before closing their loop) must not drop replies that carry popped
+            # messages.
+            first = await asyncio.shield(blocked)
+            rest = await asyncio.shield(more) if more is not None else None
+        except asyncio.CancelledError:
+            await self._settle_after_cancel(blocked, more)
+            raise
+        return self._flatten(first, rest)
+
+    async def _settle_after_cancel(self, blocked: asyncio.Future, more: asyncio.Future | None) -> None:
+        pending = [f for f in (blocked, more) if f is not None]
+        try:
+            if not blocked.done():
+                await self._unblock()
+            await asyncio.wait(pending, timeout=self.block + 1)
+        except BaseException:  # noqa: BLE001 - a second cancellation: give up quietly
+            pass
+        if all(f.done() and not f.cancelled() and f.exception() is None for f in pending):
+            flat = self._flatten(blocked.result(), more.result() if more is not None else None)
+            if flat:
+                self.on_batch(flat)
+        else:
+            # Anything still in flight may be a pop: close the socket now so the
+            # server unblocks us instead of handing us a message nobody reads.
+            self.connection.drop()
+
+    @staticmethod
+    def _flatten(first: list | None, rest: list | None) -> list:
         flat: list = []
         if first:
             flat.append(first[1])
@@ -118,19 +149,22 @@ class KeyPump:
                 except Exception:  # pragma: no cover - a bug, but never kill the pump
                     logger.exception("Delivering a batch from %s failed", self.description)
 
-    async def stop(self, control: RedisConnection | None) -> None:
+    async def _unblock(self) -> None:
+        if self.control is not None and self.client_id is not None:
+            try:
+                await asyncio.wait_for(
+                    self.control.execute("CLIENT", "UNBLOCK", self.client_id), self.block + 1
+                )
+            except Exception:  # noqa: BLE001 - best effort; callers still bound their wait
+                pass
+
+    async def stop(self) -> None:
         """Finish the pop in flight (unblocking it if we can), then return."""
         self.stopping = True
         task = self.task
         if task is None or task.done():
             return
-        if control is not None and self.client_id is not None:
-            try:
-                await asyncio.wait_for(
-                    control.execute("CLIENT", "UNBLOCK", self.client_id), self.block + 1
-                )
-            except Exception:  # noqa: BLE001 - best effort; the wait below still bounds it
-                pass
+        await self._unblock()
         try:
             await asyncio.wait_for(asyncio.shield(task), self.block + 2)
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001
