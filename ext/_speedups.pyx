@@ -316,7 +316,8 @@ cdef class ChannelBuffer:
 
     def __cinit__(self, Py_ssize_t maxsize=0):
         self.maxsize = maxsize
-        self._ring = [None] * _RING_MIN
+        # When full the ring must hold exactly maxsize slots (push overwrites in place).
+        self._ring = [None] * (maxsize if 0 < maxsize < _RING_MIN else _RING_MIN)
         self._head = 0
         self._count = 0
         self.dropped = 0
