@@ -134,7 +134,11 @@ def test_no_stray_processes_after_a_crashed_owner(tmp_path):
     )
     # Its temp dir cannot be removed by a dead owner: keep it under pytest's tmp_path.
     env = dict(os.environ, TMPDIR=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    # cwd=tmp_path: "python -c" puts the cwd on sys.path, and the repo root holds the sources.
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path
+    )
+    assert out.stdout.strip(), f"child failed: {out.stderr}"
     pid, port = (int(x) for x in out.stdout.split())
 
     deadline = time.monotonic() + 5
