@@ -409,14 +409,15 @@ cdef inline ChannelBuffer _new_buffer(Py_ssize_t maxsize):
 
 
 cdef str _CHANNEL_KEY = "__asgi_channel__"
+cdef object _MISSING = object()
 
 
 cdef object _targets_error(object msg):
     # Must produce the same errors as the pure twin's _targets_error.
     if not PyDict_Check(msg):
         return ValueError(f"message must decode to a dict, not {type(msg).__name__}")
-    target = (<dict>msg).get(_CHANNEL_KEY, _targets_error)
-    if target is _targets_error:
+    target = (<dict>msg).get(_CHANNEL_KEY, _MISSING)
+    if target is _MISSING:
         return ValueError(f"message has no {_CHANNEL_KEY!r} key")
     if PyUnicode_Check(target):
         return None
