@@ -10,6 +10,7 @@ ensure_venv
 install_package "tests,bench"
 
 section "pytest bench --benchmark-only"
+compgen -G "bench/*.py" >/dev/null || die "no benchmarks yet: bench/ has no .py files"
 rc=0
 "$VENV/bin/pytest" bench --benchmark-only --benchmark-group-by=group ${BENCH_ARGS:-} || rc=$?
 [ "$rc" = 5 ] && die "no benchmarks collected in bench/"
