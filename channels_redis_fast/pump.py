@@ -148,6 +148,7 @@ class KeyPump:
                     self.on_batch(flat)
                 except Exception:  # pragma: no cover - a bug, but never kill the pump
                     logger.exception("Delivering a batch from %s failed", self.description)
+                    await asyncio.sleep(RETRY_MAX)
 
     async def _unblock(self) -> None:
         if self.control is not None and self.client_id is not None:

@@ -471,11 +471,16 @@ cdef int _deliver(dict buffers, object channel, object item, Py_ssize_t maxsize,
     return 0
 
 
-def demux_batch(flat, decode, dict buffers not None, Py_ssize_t maxsize, double cutoff):
+def demux_batch(flat, decode, object buffers not None, Py_ssize_t maxsize, double cutoff):
     """demux_batch(flat, decode, buffers, maxsize, cutoff) -> (touched, malformed, expired)
 
     See ``channels_redis_fast._speedups_py.demux_batch``.
     """
+    # Any dict subclass is welcome (the layer's receive_buffer makes buffers on first
+    # access, as channels_redis's defaultdict does); lookups here bypass __missing__.
+    if not isinstance(buffers, dict):
+        raise TypeError(f"buffers must be a dict, not {type(buffers).__name__}")
+    cdef dict by_channel = <dict>buffers
     cdef list pairs = flat if PyList_CheckExact(flat) else list(flat)
     cdef Py_ssize_t count = len(pairs)
     cdef Py_ssize_t i, j, n_targets
@@ -509,14 +514,14 @@ def demux_batch(flat, decode, dict buffers not None, Py_ssize_t maxsize, double 
             continue
         target = (<dict>msg).pop(_CHANNEL_KEY)
         if PyUnicode_Check(target):
-            _deliver(buffers, target, msg, maxsize, touched, seen)
+            _deliver(by_channel, target, msg, maxsize, touched, seen)
         else:
             # Validated above as a non-empty list of str. Further channels get their own
             # shallow copy so one consumer mutating its message cannot affect another.
             n_targets = len(<list>target)
-            _deliver(buffers, (<list>target)[0], msg, maxsize, touched, seen)
+            _deliver(by_channel, (<list>target)[0], msg, maxsize, touched, seen)
             for j in range(1, n_targets):
-                _deliver(buffers, (<list>target)[j], dict(<dict>msg), maxsize, touched, seen)
+                _deliver(by_channel, (<list>target)[j], dict(<dict>msg), maxsize, touched, seen)
     return touched, malformed, expired
 
 
