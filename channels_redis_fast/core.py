@@ -82,8 +82,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._layers: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
         self._hooked_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         # Local delivery state, shared by whichever loop currently receives.
-        # A plain dict: the compiled demux_batch takes exactly a dict, not a subclass.
-        self.receive_buffer: dict[str, ChannelBuffer] = {}
+        self.receive_buffer: dict[str, ChannelBuffer] = _ReceiveBuffers(capacity)
         self.receive_count = 0
         self.receive_event_loop: asyncio.AbstractEventLoop | None = None
         self.receive_lock = None  # kept for attribute compatibility; pumps need no lock
@@ -447,9 +446,7 @@ class _GeneralChannelDelivery:
         layer = self.layer
         now = time.time()
         cutoff = now - layer.expiry
-        buffer = layer.receive_buffer.get(self.channel)
-        if buffer is None:
-            buffer = layer.receive_buffer[self.channel] = ChannelBuffer(layer.capacity)
+        buffer = layer.receive_buffer[self.channel]
         malformed = []
         expired = 0
         for i in range(0, len(flat), 2):
@@ -470,6 +467,18 @@ class _GeneralChannelDelivery:
         if not touched:
             layer.receive_buffer.pop(self.channel, None)
         layer._after_batch(touched, malformed, expired, now)
+
+
+class _ReceiveBuffers(dict):
+    """channel name -> ChannelBuffer, made on first use with the layer's capacity."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def __missing__(self, channel: str) -> ChannelBuffer:
+        buffer = self[channel] = ChannelBuffer(self.capacity)
+        return buffer
 
 
 def _glob_escape(text: str) -> str:
