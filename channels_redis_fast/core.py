@@ -420,6 +420,11 @@ class RedisChannelLayer(BaseChannelLayer):
             cursor, keys = await connection.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
             mine = [k for k in keys if ours.match(k)]
             if mine:
+                # Every key the layer writes is a sorted set; a foreign string or hash
+                # whose name happens to look like a channel (say "asgi-meta") stays.
+                types = await connection.execute_many([("TYPE", k) for k in mine])
+                mine = [k for k, t in zip(mine, types) if t in (b"zset", "zset")]
+            if mine:
                 await connection.execute("UNLINK", *mine)
             if cursor in (b"0", 0, "0"):
                 return
