@@ -522,3 +522,28 @@ def test_encode_commands_concatenates(impl):
     assert impl.encode_commands((["ECHO", i] for i in range(40))) == b"".join(
         b"*2\r\n$4\r\nECHO\r\n$%d\r\n%d\r\n" % (len(str(i)), i) for i in range(40)
     )
+
+
+@pytest.mark.parametrize(
+    "score, is_expired",
+    [
+        (b"99.99999999999999", True),
+        (b"100.00000000000001", False),  # rounds to 100.0: not below the cutoff
+        (b"100.0000000000001", False),
+        (b"100", False),
+        (b"99.9999999999999900001", True),
+        (b"-0", True),
+        (b"1e2", False),
+        (b" 99.5 ", True),  # float() tolerates whitespace and underscores
+        (b"1_00", False),
+        (b"-inf", True),
+        (b"inf", False),
+        (b"nan", False),
+        (b"0000000000000000000000099.5", True),
+    ],
+)
+def test_demux_score_edges(impl, score, is_expired):
+    flat = [_member({"__asgi_channel__": "p!a"}), score]
+    touched, malformed, expired = impl.demux_batch(flat, _decode, {}, 10, 100.0)
+    assert malformed == []
+    assert expired == int(is_expired)
