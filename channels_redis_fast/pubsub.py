@@ -1,0 +1,615 @@
+"""RedisPubSubChannelLayer: channels_redis 4.x's pub/sub layer, event driven and bounded.
+
+Same configuration, names and observable behaviour as
+``channels_redis.pubsub.RedisPubSubChannelLayer``: one layer object per event loop behind a
+proxy, PUBLISH for send/group_send, SUBSCRIBE per channel and per group, messages lost when
+nobody listens. What differs is underneath:
+
+* The subscriber socket is read by an asyncio protocol: pushed ``message`` frames are routed
+  to their channel inside ``data_received``. There is no polling loop and no task per
+  message, so a burst is drained as fast as the kernel hands it over and Redis never closes
+  us for overrunning its pub/sub output-buffer limit.
+* Each local channel has a bounded buffer (``capacity``, default 100). When a consumer falls
+  behind, the oldest message is dropped, counted and logged, instead of memory growing.
+* A lost subscriber connection is re-established and every channel and group re-subscribed.
+  ``on_disconnect`` / ``on_reconnect``, if set, are message types pushed to every local
+  channel when that happens (the anchor documents them but ignores them).
+* Cancelling ``receive()`` frees the channel and sends UNSUBSCRIBE without awaiting it, and a
+  freed channel also leaves its groups, so channel churn does not grow memory.
+* Names are validated like the core layer before anything is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+import uuid
+from typing import Any, Iterable
+
+import hiredis
+from channels.layers import BaseChannelLayer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+
+from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, RedisProtocol, describe_host, make_pool
+from .exceptions import InvalidMessageError
+from .loop_connections import _close_pool
+from .serializers import registry
+from .speedups import ChannelBuffer
+from .utils import _consistent_hash, _wrap_close, decode_hosts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RedisPubSubChannelLayer", "RedisPubSubLoopLayer"]
+
+#: Seconds between two "messages dropped" warnings from one loop layer.
+DROP_LOG_INTERVAL = 1.0
+#: Re-subscribe back-off after a lost subscriber connection: first and largest delay.
+RECONNECT_DELAY = 0.05
+RECONNECT_MAX_DELAY = 2.0
+_MESSAGE = b"message"
+
+
+class RedisPubSubChannelLayer:
+    """Per-event-loop proxy, a drop-in for ``channels_redis.pubsub.RedisPubSubChannelLayer``.
+
+    Positional and keyword arguments other than the serializer's go to one
+    :class:`RedisPubSubLoopLayer` per running event loop (sockets and futures belong to a
+    loop, and ``async_to_sync`` runs every call on a fresh one).
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        *args: Any,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        serializer_format: str = "msgpack",
+        **kwargs: Any,
+    ) -> None:
+        self._args = args
+        self._kwargs = kwargs
+        self._layers: dict[asyncio.AbstractEventLoop, RedisPubSubLoopLayer] = {}
+        # Unlike the core layer: no random prefix and no expiry (so no Fernet TTL either),
+        # because nothing is stored in a sorted set. Bytes match channels_redis's pub/sub.
+        self._serializer = registry.get_serializer(
+            serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (prefix, channels, groups, _shards, dropped, ...) lives on the
+        # current loop's layer, as in channels_redis. Guard our own attributes so a
+        # half-built or unpickled object cannot recurse here.
+        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_serializer"):
+            raise AttributeError(name)
+        return getattr(self._get_layer(), name)
+
+    def serialize(self, message: Any) -> bytes:
+        return self._serializer.serialize(message)
+
+    def deserialize(self, message: bytes) -> Any:
+        return self._serializer.deserialize(message)
+
+    def _get_layer(self) -> "RedisPubSubLoopLayer":
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            self._layers[loop] = layer
+            _wrap_close(self, loop)
+        return layer
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        layer = self._layers.pop(loop, None)
+        if layer is not None:
+            await layer.close()
+
+    # The channel-layer API: real coroutine functions, so inspect and Channels see them
+    # as such, each forwarded to the current loop's layer.
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        return await self._get_layer().new_channel(prefix)
+
+    async def send(self, channel: str, message: Any) -> None:
+        await self._get_layer().send(channel, message)
+
+    async def receive(self, channel: str) -> Any:
+        return await self._get_layer().receive(channel)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self._get_layer().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._get_layer().group_discard(group, channel)
+
+    async def group_send(self, group: str, message: Any) -> None:
+        await self._get_layer().group_send(group, message)
+
+    async def flush(self) -> None:
+        await self._get_layer().flush()
+
+    async def close(self) -> None:
+        """Close this loop's connections now instead of when the loop closes."""
+        await self._close_loop(asyncio.get_running_loop())
+
+
+class _LocalChannel:
+    """A subscribed channel in this process: its bounded buffer and waiting receivers."""
+
+    __slots__ = ("name", "buffer", "waiters", "groups")
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.buffer = ChannelBuffer(capacity)
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        #: Group channel names this channel belongs to, so freeing it can leave them.
+        self.groups: set[str] = set()
+
+    def wake_one(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class RedisPubSubLoopLayer(BaseChannelLayer):
+    """The pub/sub layer for one event loop. Build it through the proxy."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Iterable[Any] | None = None,
+        prefix: str = "asgi",
+        on_disconnect: str | None = None,
+        on_reconnect: str | None = None,
+        channel_layer: RedisPubSubChannelLayer | None = None,
+        capacity: int = 100,
+        channel_capacity: dict | None = None,
+        strict_messages: bool = False,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        # Core-layer options such as expiry/group_expiry have no meaning for pub/sub and
+        # are ignored, as channels_redis does, so one CONFIG can serve both backends.
+        super().__init__(capacity=capacity)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        if not isinstance(prefix, str):
+            raise AssertionError("Prefix must be unicode")
+        self.prefix = prefix
+        self.on_disconnect = on_disconnect
+        self.on_reconnect = on_reconnect
+        self.channel_layer = channel_layer
+        # channels_redis delivers anything msgpack can pack (its own test sends a str),
+        # so only strict mode enforces the channel-layer spec's "messages are dicts".
+        self.strict_messages = strict_messages
+        self.reply_timeout = reply_timeout
+        self.channels: dict[str, _LocalChannel] = {}
+        #: Group channel name (``{prefix}__group__{group}``) -> local member channel names.
+        self.groups: dict[str, set[str]] = {}
+        #: Messages discarded because a local buffer was full, since the layer was made.
+        self.dropped = 0
+        self._drops_unlogged = 0
+        self._drop_logged_at = 0.0
+        self._closed = False
+        self.loop = asyncio.get_running_loop()
+        self._shards = [_Shard(self, host, index) for index, host in enumerate(decode_hosts(hosts))]
+
+    # -- helpers ------------------------------------------------------------------------
+    def _get_shard(self, name: str) -> "_Shard":
+        return self._shards[_consistent_hash(name, len(self._shards))]
+
+    def _get_group_channel_name(self, group: str) -> str:
+        return f"{self.prefix}__group__{group}"
+
+    def _serialize(self, message: Any) -> bytes:
+        # Validate before serializing so nothing half-checked reaches Redis.
+        if not isinstance(message, dict) and self.strict_messages:
+            raise InvalidMessageError(f"message must be a dict, not {type(message).__name__}")
+        serializer = self.channel_layer if self.channel_layer is not None else _default_serializer()
+        return serializer.serialize(message)
+
+    def _deserialize(self, data: bytes) -> Any:
+        serializer = self.channel_layer if self.channel_layer is not None else _default_serializer()
+        return serializer.deserialize(data)
+
+    def _local_channel(self, name: str) -> _LocalChannel:
+        local = self.channels.get(name)
+        if local is None:
+            local = self.channels[name] = _LocalChannel(name, self.get_capacity(name))
+        return local
+
+    # -- routing (called from the subscriber protocol, synchronously) ---------------------
+    def _deliver(self, wire_name: bytes, data: bytes) -> None:
+        name = wire_name.decode("utf-8", "replace")
+        local = self.channels.get(name)
+        if local is not None:
+            self._put(local, data)
+            return
+        members = self.groups.get(name)
+        if members:
+            channels = self.channels
+            for member in members:
+                local = channels.get(member)
+                if local is not None:
+                    self._put(local, data)
+
+    def _put(self, local: _LocalChannel, data: bytes) -> None:
+        buffer = local.buffer
+        if buffer.full():
+            self._note_drop(local.name)
+        buffer.put_nowait(data)
+        if local.waiters:
+            local.wake_one()
+
+    def _note_drop(self, channel: str) -> None:
+        # A stalled consumer under a burst could drop thousands per second: count every
+        # one, log at most once per interval.
+        self.dropped += 1
+        self._drops_unlogged += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL:
+            logger.warning(
+                "Pub/sub buffer full: dropped %d oldest message(s) (latest on channel %s; "
+                "capacity %d; %d dropped in total)",
+                self._drops_unlogged,
+                channel,
+                self.get_capacity(channel),
+                self.dropped,
+            )
+            self._drops_unlogged = 0
+            self._drop_logged_at = now
+
+    def _notify_all(self, message_type: str | None) -> None:
+        """Push ``{"type": message_type}`` to every local channel (connection events)."""
+        if not message_type or not self.channels:
+            return
+        data = self._serialize({"type": message_type})
+        for local in list(self.channels.values()):
+            self._put(local, data)
+
+    # -- channel layer API ----------------------------------------------------------------
+    async def send(self, channel: str, message: Any) -> None:
+        """PUBLISH ``message`` on ``channel`` (only current subscribers get it)."""
+        self.require_valid_channel_name(channel)
+        data = self._serialize(message)
+        await self._get_shard(channel).publish(channel, data)
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """A new, already subscribed, process-local channel name."""
+        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
+        self.require_valid_channel_name(channel)
+        await self._subscribe_channel(channel)
+        return channel
+
+    async def _subscribe_channel(self, channel: str) -> _LocalChannel:
+        local = self._local_channel(channel)
+        try:
+            await self._get_shard(channel).subscribe(channel)
+        except BaseException:
+            # Do not leave a channel behind that Redis never delivers to.
+            if self.channels.get(channel) is local and not local.waiters and not local.buffer:
+                self._free_channel(local)
+            raise
+        return local
+
+    async def receive(self, channel: str) -> Any:
+        """The next message on ``channel``; subscribes first if it is not local yet.
+
+        Cancelling it (a consumer going away, or a timeout) frees the channel and
+        unsubscribes, since Channels has no ``delete_channel()`` to do so.
+        """
+        self.require_valid_channel_name(channel, receive=True)
+        local = self.channels.get(channel)
+        waiter: asyncio.Future | None = None
+        try:
+            if local is None:
+                local = await self._subscribe_channel(channel)
+            while True:
+                # No await between taking a message and returning it: a cancellation
+                # can never lose one that left the buffer.
+                if local.buffer:
+                    return self._deserialize(local.buffer.get_nowait())
+                waiter = self.loop.create_future()
+                local.waiters.append(waiter)
+                await waiter
+                waiter = None
+        except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+            if local is not None:
+                self._forget_waiter(local, waiter)
+                if not local.waiters and self.channels.get(channel) is local:
+                    self._free_channel(local)
+            raise
+        except BaseException:
+            if local is not None:
+                self._forget_waiter(local, waiter)
+            raise
+
+    @staticmethod
+    def _forget_waiter(local: _LocalChannel, waiter: asyncio.Future | None) -> None:
+        if waiter is None:
+            return
+        try:
+            local.waiters.remove(waiter)
+        except ValueError:
+            # Already woken: hand the wake-up to the next receiver of this channel.
+            if local.buffer:
+                local.wake_one()
+
+    def _free_channel(self, local: _LocalChannel) -> None:
+        """Drop a channel, its buffer and its group memberships; UNSUBSCRIBE, not awaited."""
+        if self.channels.get(local.name) is local:
+            del self.channels[local.name]
+        self._get_shard(local.name).unsubscribe_nowait(local.name)
+        for group_channel in local.groups:
+            members = self.groups.get(group_channel)
+            if members is None:
+                continue
+            members.discard(local.name)
+            if not members:
+                del self.groups[group_channel]
+                self._get_shard(group_channel).unsubscribe_nowait(group_channel)
+        local.groups.clear()
+
+    # -- groups ---------------------------------------------------------------------------
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add a channel of this process to ``group`` and SUBSCRIBE the group."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        local = self.channels.get(channel)
+        if local is None:
+            raise RuntimeError(
+                "You can only call group_add() on channels that exist in-process.\n"
+                "Consumers are encouraged to use the common pattern:\n"
+                f"   self.channel_layer.group_add({group!r}, self.channel_name)"
+            )
+        group_channel = self._get_group_channel_name(group)
+        self.groups.setdefault(group_channel, set()).add(channel)
+        local.groups.add(group_channel)
+        await self._get_shard(group_channel).subscribe(group_channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove a channel from ``group``; a no-op if it is not in it."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        group_channel = self._get_group_channel_name(group)
+        members = self.groups.get(group_channel)
+        if members is None or channel not in members:
+            return
+        members.discard(channel)
+        local = self.channels.get(channel)
+        if local is not None:
+            local.groups.discard(group_channel)
+        if not members:
+            del self.groups[group_channel]
+            await self._get_shard(group_channel).unsubscribe(group_channel)
+
+    async def group_send(self, group: str, message: Any) -> None:
+        """One PUBLISH on the group's channel; each subscribed process fans out locally."""
+        self.require_valid_group_name(group)
+        data = self._serialize(message)
+        group_channel = self._get_group_channel_name(group)
+        await self._get_shard(group_channel).publish(group_channel, data)
+
+    # -- flush / close --------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Forget every channel and group and close the sockets; usable again afterwards.
+
+        As in channels_redis nothing is deleted in Redis: pub/sub stores nothing.
+        """
+        self.channels = {}
+        self.groups = {}
+        for shard in self._shards:
+            await shard.reset()
+
+    async def close(self) -> None:
+        self._closed = True
+        self.channels = {}
+        self.groups = {}
+        for shard in self._shards:
+            await shard.close()
+
+
+def _default_serializer() -> Any:
+    # Only for a loop layer built without its proxy (tests, embedding).
+    global _fallback_serializer
+    if _fallback_serializer is None:
+        _fallback_serializer = registry.get_serializer("msgpack")
+    return _fallback_serializer
+
+
+_fallback_serializer: Any = None
+
+
+class _SubscriberProtocol(RedisProtocol):
+    """A subscriber socket: pushed messages are routed, other frames answer commands.
+
+    Each SUBSCRIBE/UNSUBSCRIBE we send names exactly one channel, so Redis answers it with
+    exactly one confirmation frame, which keeps the base class's in-order matching of
+    replies to commands valid while ``message`` frames are interleaved.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float, shard: "_Shard") -> None:
+        super().__init__(loop, reply_timeout)
+        self.shard = shard
+        self.deliver = shard.layer._deliver
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        self._last_reply = time.monotonic()
+        deliver = self.deliver
+        pending = self._pending
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.abort(RedisConnectionError(f"Protocol error from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if type(reply) is list and len(reply) == 3 and reply[0] == _MESSAGE:
+                deliver(reply[1], reply[2])
+                continue
+            if not pending:
+                self.abort(RedisConnectionError(f"Unexpected frame on a subscriber connection: {reply!r:.80}"))
+                return
+            future = pending.popleft()[0]
+            if not future.done():
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    def _shutdown(self, error: BaseException) -> None:
+        first = self.closed is None
+        super()._shutdown(error)
+        if first:
+            self.shard._subscriber_lost(self)
+
+
+class _RedisHandle:
+    """What ``layer._shards[i]._redis`` is.
+
+    channels_redis keeps a redis-py client there and its test suite closes it
+    (``_close_redis(layer._shards[0]._redis)``) to simulate a lost connection. Closing
+    this handle does exactly that to our sockets: both are aborted, the layer reconnects
+    and re-subscribes by itself.
+    """
+
+    def __init__(self, shard: "_Shard") -> None:
+        self._shard = shard
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self._shard.drop(RedisConnectionError("Connection closed through _redis.aclose()"))
+
+    close = aclose
+
+
+class _Shard:
+    """One Redis host: a multiplexed connection for PUBLISH and one subscriber socket."""
+
+    def __init__(self, layer: RedisPubSubLoopLayer, host: dict[str, Any], index: int) -> None:
+        self.layer = layer
+        self.host = host
+        self.index = index
+        self.name = describe_host(host)
+        self.pool = make_pool(host)
+        self._redis = _RedisHandle(self)
+        #: Names that should be subscribed: replayed on every reconnect.
+        self.wanted: set[str] = set()
+        self._supervisor: asyncio.Task | None = None
+        self._announced_up = True
+        self._new_connections()
+
+    def _new_connections(self) -> None:
+        loop = self.layer.loop
+        timeout = self.layer.reply_timeout
+        self.closing = False
+        self.publisher = RedisConnection(self.pool, loop, timeout, name=f"publish@{self.name}")
+        self.subscriber = RedisConnection(
+            self.pool,
+            loop,
+            timeout,
+            name=f"subscribe@{self.name}",
+            protocol_factory=functools.partial(_SubscriberProtocol, shard=self),
+        )
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        return await self.publisher.execute("PUBLISH", channel, data)
+
+    async def subscribe(self, name: str) -> None:
+        self.wanted.add(name)
+        protocol = await self.subscriber.connect()
+        # It may have been freed while we connected; never subscribe a name nobody wants.
+        if name in self.wanted:
+            await protocol.execute(("SUBSCRIBE", name))
+
+    def unsubscribe_nowait(self, name: str) -> asyncio.Future | None:
+        """Queue an UNSUBSCRIBE without waiting for it (safe inside cancellation)."""
+        self.wanted.discard(name)
+        protocol = self.subscriber.protocol
+        if protocol is None or protocol.closed is not None:
+            return None  # the next connection simply will not subscribe it
+        future = protocol.execute(("UNSUBSCRIBE", name))
+        future.add_done_callback(_consume_result)
+        return future
+
+    async def unsubscribe(self, name: str) -> None:
+        future = self.unsubscribe_nowait(name)
+        if future is not None:
+            try:
+                await asyncio.shield(future)
+            except RedisError:
+                pass  # the connection went away: that unsubscribes too
+
+    # -- connection loss and recovery -------------------------------------------------------
+    def _subscriber_lost(self, protocol: _SubscriberProtocol) -> None:
+        if self.closing or self.layer._closed:
+            return
+        if not self.wanted:
+            return  # nothing was subscribed here: reconnect lazily on next use
+        logger.warning("Pub/sub connection to %s lost (%s); re-subscribing", self.name, protocol.closed)
+        if self._announced_up:
+            self._announced_up = False
+            self.layer._notify_all(self.layer.on_disconnect)
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = self.layer.loop.create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        delay = RECONNECT_DELAY
+        while not self.closing:
+            try:
+                protocol = await self.subscriber.connect()
+                names = list(self.wanted)
+                # One command per name (see _SubscriberProtocol); they leave in one write.
+                await asyncio.gather(*[protocol.execute(("SUBSCRIBE", n)) for n in names])
+                if protocol.closed is None:
+                    break
+            except (RedisError, OSError) as exc:
+                logger.info("Re-subscribing on %s failed (%s); retrying in %.2fs", self.name, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+        if not self.closing:
+            logger.info("Pub/sub connection to %s restored (%d subscriptions)", self.name, len(self.wanted))
+            self._announced_up = True
+            self.layer._notify_all(self.layer.on_reconnect)
+
+    def drop(self, error: BaseException) -> None:
+        """Abort both sockets as a network failure would (they reconnect by themselves)."""
+        self.publisher.drop(error)
+        self.subscriber.drop(error)
+
+    # -- shutdown ---------------------------------------------------------------------------
+    async def _close_connections(self) -> None:
+        self.closing = True
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and not supervisor.done():
+            supervisor.cancel()
+            try:
+                await supervisor
+            except asyncio.CancelledError:
+                pass
+        await self.publisher.close()
+        await self.subscriber.close()
+        self.wanted = set()
+        self._announced_up = True
+
+    async def reset(self) -> None:
+        """Close the sockets and start over with fresh, lazily opened ones (flush)."""
+        await self._close_connections()
+        self._new_connections()
+
+    async def close(self) -> None:
+        await self._close_connections()
+        await _close_pool(self.pool)
+
+
+def _consume_result(future: asyncio.Future) -> None:
+    # Fire-and-forget commands: a lost connection is not an error worth a log line.
+    if not future.cancelled():
+        future.exception()
