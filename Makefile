@@ -14,8 +14,13 @@ help:
 test:
 	VENV="$(abspath $(VENV))" bash .ci/test.sh
 
+# Side-by-side comparison with channels_redis (bench/run.py) on private Redis servers, with the
+# compiled extension required.  `make bench BENCH_ARGS="--quick --workloads stream,memory"`.
 bench:
-	VENV="$(abspath $(VENV))" bash .ci/bench.sh
+	VENV="$(abspath $(VENV))" bash -c 'set -euo pipefail; source .ci/common.sh; cd "$$ROOT"; \
+		ensure_redis; ensure_venv; install_package "tests,bench"; \
+		section "python bench/run.py $(BENCH_ARGS)"; \
+		CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS=1 "$$VENV/bin/python" bench/run.py $(BENCH_ARGS)'
 
 conformance:
 	VENV="$(abspath $(VENV))" FILES="$(FILES)" bash .ci/conformance.sh
