@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import hiredis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,6 +39,8 @@ Arg = bytes | str | int | float
 #: their block time on top.
 DEFAULT_REPLY_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Error replies that mean "not logged in" (a server that started asking for a password).
+_AUTH_ERRORS = ("NOAUTH", "WRONGPASS")
 
 
 def make_pool(host: dict[str, Any]) -> ConnectionPool:
@@ -128,6 +131,9 @@ class RedisProtocol(asyncio.Protocol):
             # in step for everyone after it.
             if not future.done():
                 if isinstance(reply, ResponseError):
+                    if str(reply).startswith(_AUTH_ERRORS):
+                        # As redis-py reports them: a ConnectionError, not a ResponseError.
+                        reply = AuthenticationError(str(reply))
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
