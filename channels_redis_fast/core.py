@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChannelFull", "RedisChannelLayer"]
 
 RESERVED_KEY = "__asgi_channel__"
+#: How many validated channel names to remember (cleared when full).
+VALID_NAME_CACHE_SIZE = 16384
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -92,6 +94,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._next_sweep = 0.0
         self.reply_timeout = DEFAULT_REPLY_TIMEOUT
         self.stats_counters: collections.Counter[str] = collections.Counter()
+        self._valid_channels: set[str] = set()
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__}(hosts={self.hosts})"
@@ -114,6 +117,16 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def new_channel(self, prefix: str = "specific") -> str:
         return f"{prefix}.{self.client_prefix}!{uuid.uuid4().hex}"
+
+    def _require_channel(self, name: Any) -> None:
+        # channels' validation costs a few microseconds (regexes) on every call, and a
+        # consumer's channel name repeats for its whole life: remember the good ones.
+        if type(name) is str and name in self._valid_channels:
+            return
+        self.require_valid_channel_name(name)
+        if len(self._valid_channels) >= VALID_NAME_CACHE_SIZE:
+            self._valid_channels.clear()
+        self._valid_channels.add(name)
 
     def _check_message(self, message: Any) -> None:
         # Explicit raises, not asserts: validation must survive ``python -O``.
@@ -166,11 +179,12 @@ class RedisChannelLayer(BaseChannelLayer):
     async def send(self, channel: str, message: dict) -> None:
         """Send a message onto a (general or specific) channel."""
         self._check_message(message)
-        self.require_valid_channel_name(channel)
-        if "!" in channel:
+        self._require_channel(channel)
+        bang = channel.find("!")
+        if bang >= 0:
             message = dict(message)
             message[RESERVED_KEY] = channel
-            target = self.non_local_name(channel)
+            target = channel[: bang + 1]
             # The receiver polls the shard of the non-local name; hashing the full
             # name (as channels_redis does) would strand messages on other shards.
             index = self.consistent_hash(target)
@@ -202,9 +216,10 @@ class RedisChannelLayer(BaseChannelLayer):
         Cancelling it never loses a message: pops happen in the pump, and a message
         taken from a local buffer is returned with no await in between.
         """
-        self.require_valid_channel_name(channel)
-        if "!" in channel:
-            real_channel = self.non_local_name(channel)
+        self._require_channel(channel)
+        bang = channel.find("!")
+        if bang >= 0:
+            real_channel = channel[: bang + 1]
             if not real_channel.endswith(self.client_prefix + "!"):
                 raise WrongClientPrefixError(
                     f"Wrong client prefix: {channel!r} was not made by this layer"
@@ -337,7 +352,7 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- groups ---------------------------------------------------------------------
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
-        self.require_valid_channel_name(channel)
+        self._require_channel(channel)
         key = self._group_key(group)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
         await connection.execute_many(
@@ -346,7 +361,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
-        self.require_valid_channel_name(channel)
+        self._require_channel(channel)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
         await connection.execute("ZREM", self._group_key(group), channel)
 
