@@ -74,6 +74,10 @@ class KeyPump:
                 self.client_id = None
         blocked = protocol.execute(("BZPOPMIN", self.key, self.block), block=self.block)
         more = protocol.execute(("ZPOPMIN", self.key, count - 1)) if count > 1 else None
+        if more is not None:
+            # When the blocking pop fails (connection lost, reply timeout) nobody awaits
+            # ``more``; mark its error retrieved so asyncio does not log it at collection.
+            more.add_done_callback(_retrieve)
         try:
             # Shielded: cancelling the pump (asyncio.run and async_to_sync cancel every
             # task before closing their loop) must not drop replies that carry popped
@@ -170,3 +174,8 @@ class KeyPump:
             await asyncio.wait_for(asyncio.shield(task), self.block + 2)
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001
             task.cancel()
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
