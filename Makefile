@@ -3,12 +3,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 FILES ?=
 
-.PHONY: test bench conformance clean help
+.PHONY: test bench conformance wheels clean help
 
 help:
 	@echo "make test         install Redis if missing, build + install into $(VENV), run the suite (compiled, then pure), check the pure wheel"
 	@echo "make bench        benchmarks on a private Redis"
 	@echo "make conformance  channels_redis 4.3.0's own test suite against this package (FILES=\"test_core.py ...\", CONFORMANCE_TARGET=channels_redis)"
+	@echo "make wheels       sdist, platform wheel built from it (auditwheel-repaired) and pure wheel, each installed and tested (WHEEL_TESTS=all|none|\"-k ...\")"
 	@echo "make clean        remove build artefacts (keeps $(VENV))"
 
 test:
@@ -24,6 +25,11 @@ bench:
 
 conformance:
 	VENV="$(abspath $(VENV))" FILES="$(FILES)" bash .ci/conformance.sh
+
+# Not part of `make test`: the sdist, manylinux wheel (built from the sdist) and pure wheel in
+# dist/ and wheelhouse/, each installed into a fresh venv and tested.  See .ci/wheels.sh.
+wheels:
+	bash .ci/wheels.sh
 
 clean:
 	rm -rf build dist *.egg-info ext/*.c ext/*.html channels_redis_fast/*.so
