@@ -31,8 +31,8 @@ from typing import Any, Iterable
 
 import hiredis
 from channels.layers import BaseChannelLayer
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, RedisProtocol, describe_host, make_pool
 from .exceptions import InvalidMessageError
@@ -50,6 +50,9 @@ DROP_LOG_INTERVAL = 1.0
 #: Re-subscribe back-off after a lost subscriber connection: first and largest delay.
 RECONNECT_DELAY = 0.05
 RECONNECT_MAX_DELAY = 2.0
+#: Seconds of silence on a subscriber socket before we PING it. A subscriber only
+#: listens, so without this a silently dead connection would lose messages forever.
+HEALTH_CHECK_INTERVAL = 30.0
 _MESSAGE = b"message"
 
 
@@ -313,6 +316,10 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
                 # can never lose one that left the buffer.
                 if local.buffer:
                     return self._deserialize(local.buffer.get_nowait())
+                if self.channels.get(channel) is not local:
+                    # Freed while we were being woken (another receiver was cancelled).
+                    local = await self._subscribe_channel(channel)
+                    continue
                 waiter = self.loop.create_future()
                 local.waiters.append(waiter)
                 await waiter
@@ -436,6 +443,21 @@ class _SubscriberProtocol(RedisProtocol):
         super().__init__(loop, reply_timeout)
         self.shard = shard
         self.targets = shard.layer._targets
+        self._health: asyncio.TimerHandle | None = None
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        super().attach(transport)
+        self._health = self.loop.call_later(HEALTH_CHECK_INTERVAL, self._health_check)
+
+    def _health_check(self) -> None:
+        self._health = None
+        if self.closed is not None:
+            return
+        if not self._pending and time.monotonic() - self._last_reply >= HEALTH_CHECK_INTERVAL:
+            # The base class's reply watchdog aborts the socket if the PONG never comes,
+            # which then triggers the re-subscribe.
+            self.execute(("PING",)).add_done_callback(_consume_result)
+        self._health = self.loop.call_later(HEALTH_CHECK_INTERVAL, self._health_check)
 
     def data_received(self, data: bytes) -> None:
         # The hot loop of a burst: hiredis parses, we route. Routing state only changes in
@@ -474,6 +496,9 @@ class _SubscriberProtocol(RedisProtocol):
                 future = pending.popleft()[0]
                 if not future.done():
                     if isinstance(reply, ResponseError):
+                        if str(reply).startswith(("NOAUTH", "WRONGPASS")):
+                            # As the base protocol and redis-py report it.
+                            reply = AuthenticationError(str(reply))
                         future.set_exception(reply)
                     else:
                         future.set_result(reply)
@@ -486,6 +511,9 @@ class _SubscriberProtocol(RedisProtocol):
     def _shutdown(self, error: BaseException) -> None:
         first = self.closed is None
         super()._shutdown(error)
+        if self._health is not None:
+            self._health.cancel()
+            self._health = None
         if first:
             self.shard._subscriber_lost(self)
 

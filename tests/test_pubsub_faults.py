@@ -308,3 +308,25 @@ async def test_subscribe_failure_leaves_no_channel(fresh_redis):
         assert await _receive(layer, channel) == {"type": "up"}
     finally:
         await layer.close()
+
+
+async def test_silent_dead_subscriber_is_detected_by_ping(fresh_redis, monkeypatch):
+    """A frozen server never closes the socket; the idle PING notices and we recover."""
+    from channels_redis_fast import pubsub
+
+    monkeypatch.setattr(pubsub, "HEALTH_CHECK_INTERVAL", 0.2)
+    layer = RedisPubSubChannelLayer(
+        hosts=[fresh_redis.url], reply_timeout=0.5, on_disconnect="down", on_reconnect="up"
+    )
+    try:
+        channel = await layer.new_channel()
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            assert await _receive(layer, channel, 5) == {"type": "down"}
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+        assert await _receive(layer, channel, 10) == {"type": "up"}
+        await layer.send(channel, {"type": "after"})
+        assert await _receive(layer, channel) == {"type": "after"}
+    finally:
+        await layer.close()
