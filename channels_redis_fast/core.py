@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
@@ -95,6 +96,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.reply_timeout = DEFAULT_REPLY_TIMEOUT
         self.stats_counters: collections.Counter[str] = collections.Counter()
         self._valid_channels: set[str] = set()
+        self._background: set[asyncio.Task] = set()
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__}(hosts={self.hosts})"
@@ -171,6 +173,22 @@ class RedisChannelLayer(BaseChannelLayer):
                 state.close_nowait()
             else:
                 loop.call_soon_threadsafe(state.close_nowait)
+        # The pumps that would have woken receives still waiting are gone: fail those
+        # receives, as a blocking pop fails when its socket is closed, instead of
+        # leaving them waiting forever. Nothing was popped for them, so nothing is lost.
+        receiving = self.receive_event_loop
+        if receiving is None or receiving is current:
+            self._fail_waiters()
+        elif not receiving.is_closed():
+            receiving.call_soon_threadsafe(self._fail_waiters)
+
+    def _fail_waiters(self) -> None:
+        for queue in list(self._waiters.values()):
+            for waiter in queue:
+                if not waiter.done():
+                    waiter.set_exception(
+                        RedisConnectionError("The channel layer's connections were closed")
+                    )
 
     async def wait_received(self) -> None:
         """Kept for API compatibility: nothing is ever left in flight after a receive."""
@@ -241,6 +259,8 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _receive(self, channel: str, real_channel: str, loop: asyncio.AbstractEventLoop) -> dict:
         buffers = self.receive_buffer
+        bang = channel.find("!")
+        cancelled = False
         while True:
             buffer = buffers.get(channel)
             if buffer is not None and buffer.qsize():
@@ -265,6 +285,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     # We were woken for a message but cancelled before running:
                     # hand the wake-up to the next receiver of this channel.
                     self._wake(channel, 1)
+                cancelled = True
                 raise
             finally:
                 self._key_receivers[key] -= 1
@@ -276,21 +297,27 @@ class RedisChannelLayer(BaseChannelLayer):
                     pass
                 if not queue and self._waiters.get(channel) is queue:
                     del self._waiters[channel]
+                if cancelled and bang < 0 and channel not in self._waiters:
+                    self._return_buffered(channel)
 
     def _start_pumps(self, key: str, real_channel: str) -> None:
         state = self._loop_connections()
-        if real_channel.endswith("!"):
-            on_batch = self._deliver_process_batch
-            batch = self.receive_batch_size
-        else:
-            on_batch = _GeneralChannelDelivery(self, real_channel)
-            # A general channel is a shared work queue: take only as many messages as
-            # there are local receivers waiting, so other processes get their share.
-            batch = 0
+        general = not real_channel.endswith("!")
+        # A general channel is a shared work queue: take only as many messages as
+        # there are local receivers waiting (batch 0), so other processes get theirs.
+        batch = 0 if general else self.receive_batch_size
         # Every shard, not only the hashed one: stock channels_redis senders put
         # messages for a process channel on the shard of its *full* name, and work
         # queues are filled round-robin.
         for index in range(self.ring_size):
+            if (key, index) in state.pumps:
+                state.pumps[key, index].ensure_running()
+                continue
+            on_batch = (
+                _GeneralChannelDelivery(self, real_channel, key, index)
+                if general
+                else self._deliver_process_batch
+            )
             pump = state.pump(
                 key,
                 index,
@@ -326,6 +353,41 @@ class RedisChannelLayer(BaseChannelLayer):
             self._wake(channel, self.receive_buffer[channel].qsize())
         if now >= self._next_sweep:
             self._sweep_buffers(now)
+
+    def _waiting(self, channel: str) -> int:
+        queue = self._waiters.get(channel)
+        return sum(1 for waiter in queue if not waiter.done()) if queue else 0
+
+    def _return_buffered(self, channel: str) -> None:
+        # The last receiver of a work queue left (cancelled) with messages already
+        # popped for it: put them back in Redis for other processes rather than hold
+        # them here for a receiver that may never come.
+        buffer = self.receive_buffer.pop(channel, None)
+        self._buffer_touched.pop(channel, None)
+        if buffer is None or not buffer.qsize():
+            return
+        now = time.time()
+        pairs: list = []
+        while buffer.qsize():
+            pairs.append((now, self.serialize(buffer.get_nowait())))
+        self._give_back(next(self._send_index_generator), self.prefix + channel, pairs)
+
+    def _give_back(self, index: int, key: str, pairs: list) -> None:
+        """ZADD popped (score, member) pairs back into a work queue, in the background."""
+        self.stats_counters["returned"] += len(pairs)
+        args: list = ["ZADD", key]
+        for score, member in pairs:
+            args.append(score)
+            args.append(member)
+        connection = self._loop_connections().commands[index]
+        task = asyncio.ensure_future(connection.execute(*args))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Could not return messages to Redis: %s", task.exception())
 
     def _wake(self, channel: str, count: int) -> None:
         queue = self._waiters.get(channel)
@@ -454,13 +516,20 @@ class RedisChannelLayer(BaseChannelLayer):
 
 
 class _GeneralChannelDelivery:
-    """Batch handler for a general (work-queue) channel: every message is for it."""
+    """Batch handler for a general (work-queue) channel on one shard.
 
-    __slots__ = ("layer", "channel")
+    Keeps only as many messages as there are receivers waiting for them here; the
+    rest (a receiver was cancelled while its pop was in flight) go back to Redis with
+    their original score, so other processes get them in order.
+    """
 
-    def __init__(self, layer: RedisChannelLayer, channel: str) -> None:
+    __slots__ = ("layer", "channel", "key", "index")
+
+    def __init__(self, layer: RedisChannelLayer, channel: str, key: str, index: int) -> None:
         self.layer = layer
         self.channel = channel
+        self.key = key
+        self.index = index
 
     def __call__(self, flat: list) -> None:
         layer = self.layer
@@ -469,10 +538,15 @@ class _GeneralChannelDelivery:
         buffer = layer.receive_buffer[self.channel]
         malformed = []
         expired = 0
+        room = layer._waiting(self.channel) - buffer.qsize()
+        surplus: list = []
         for i in range(0, len(flat), 2):
             member, score = flat[i], flat[i + 1]
             if float(score) < cutoff:
                 expired += 1
+                continue
+            if room <= 0:
+                surplus.append((float(score), member))
                 continue
             try:
                 message = layer._serializer.deserialize(member)
@@ -483,6 +557,9 @@ class _GeneralChannelDelivery:
                 continue
             message.pop(RESERVED_KEY, None)
             buffer.put_nowait(message)
+            room -= 1
+        if surplus:
+            layer._give_back(self.index, self.key, surplus)
         touched = [self.channel] if buffer.qsize() else []
         if not touched:
             layer.receive_buffer.pop(self.channel, None)

@@ -181,11 +181,6 @@ async def test_fifo_order(redis_url):
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a general-channel pump keeps blocking after its receive() is cancelled and "
-    "pops the next message into a buffer nobody reads (stock channels_redis delivers it)",
-)
 async def test_abandoned_receive_does_not_steal_work(redis_url):
     # Two worker processes share a work queue. A gives up on a receive (a timeout);
     # B then waits on the queue and must get the next message.
