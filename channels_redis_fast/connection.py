@@ -301,12 +301,22 @@ class RedisConnection:
             raise RedisConnectionError("The channel layer closed this connection")
         protocol = self.protocol_factory(self.loop, self.reply_timeout)
         protocol.attach(writer.transport)
-        # Keep redis-py's connection object alive: its StreamWriter owns the transport
-        # and may close it when collected.
+        # Keep redis-py's connection object alive while we use its socket: its
+        # StreamWriter closes the transport when collected (Python 3.12+).
+        self._release_redis_py()
         self._redis_py_connection = connection
         self.protocol = protocol
         self.connects += 1
         return protocol
+
+    def _release_redis_py(self) -> None:
+        # Only once our transport is closed or replaced: tell redis-py's object it no
+        # longer owns a socket, so it does not warn "unclosed Connection" when collected.
+        old = self._redis_py_connection
+        self._redis_py_connection = None
+        if old is not None:
+            old._reader = None
+            old._writer = None
 
     def drop(self, error: BaseException | None = None) -> None:
         """Abort the current socket (e.g. after READONLY from a demoted master)."""
@@ -323,7 +333,7 @@ class RedisConnection:
             protocol.close()
             await protocol.wait_closed()
         self.protocol = None
-        self._redis_py_connection = None
+        self._release_redis_py()
 
     def close_nowait(self) -> None:
         """Close from outside this connection's loop or while that loop is closing."""
@@ -331,5 +341,5 @@ class RedisConnection:
         if self.protocol is not None:
             self.protocol.close()
         self.protocol = None
-        self._redis_py_connection = None
+        self._release_redis_py()
 
