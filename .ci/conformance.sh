@@ -12,6 +12,7 @@
 #   make conformance FILES="test_core.py test_utils.py"
 #   CONFORMANCE_TARGET=channels_redis make conformance  the anchor itself, unmodified
 #   CONFORMANCE_PYTEST_ARGS="-x -q" make conformance   extra pytest arguments
+#   CONFORMANCE_TIMEOUT=1200                           seconds for the whole pytest run
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
@@ -45,6 +46,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 section "Fetch channels-redis==$ANCHOR_VERSION sdist"
 "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
@@ -137,7 +140,14 @@ for f in $FILES; do
 done
 cd "$SUITE"
 # The suite's own setup.cfg ([tool:pytest]: -p no:django, asyncio_mode=auto, timeout=10) applies.
+# A hard limit for the whole run: a layer that leaves a non-daemon thread behind would
+# otherwise keep pytest alive after its summary.
 rc=0
-"$VENV/bin/pytest" -p no:cacheprovider -rfEX ${CONFORMANCE_PYTEST_ARGS:-} "${targets[@]}" || rc=$?
-[ "$rc" = 5 ] && die "no tests collected"
-exit "$rc"
+timeout -k 15 "${CONFORMANCE_TIMEOUT:-1200}" \
+    "$VENV/bin/pytest" -p no:cacheprovider -rfEX ${CONFORMANCE_PYTEST_ARGS:-} "${targets[@]}" || rc=$?
+case "$rc" in
+    0) ;;
+    5) die "no tests collected" ;;
+    124|137) die "the conformance run did not finish within ${CONFORMANCE_TIMEOUT:-1200} s (pytest hung?)" ;;
+    *) die "the conformance suite failed (pytest exit $rc)" ;;
+esac
