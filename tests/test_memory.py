@@ -1,0 +1,121 @@
+"""Memory stays bounded: per-channel buffers are capped, and nothing grows with channel churn.
+
+A busy server creates a process-specific channel per websocket and forgets it when the
+socket closes, so every per-channel structure must go away with its channel (or be a
+bounded cache), and RSS must level off however many channels come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from channels_redis_fast.core import RedisChannelLayer
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CHURN = 100_000
+BATCH = 1000
+# A leaked entry per channel (a buffer, a waiter list, a set member) costs well over
+# 100 bytes; caches may keep up to ~16k names. Anything past this bound grows with churn.
+MAX_CONTAINER = 20_000
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+async def _nothing(layer, channel, timeout=0.3):
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), timeout)
+
+
+async def test_local_buffer_is_bounded_and_drops_oldest(redis_url):
+    # Redis accepts 100 per channel; the local buffer holds only capacity=5.
+    layer = RedisChannelLayer(hosts=[redis_url], capacity=5, channel_capacity={"specific.*": 100})
+    a = await layer.new_channel()
+    b = await layer.new_channel()
+    for round_ in range(3):
+        for i in range(20):
+            await layer.send(b, {"round": round_, "i": i})
+        await layer.send(a, {"wake": round_})
+        # One pump batch brings b's 20 messages along with a's.
+        assert await asyncio.wait_for(layer.receive(a), 5) == {"wake": round_}
+        buffer = layer.receive_buffer[b]
+        assert buffer.qsize() == 5, "a local buffer grew past capacity"
+        assert buffer.dropped == 15 + 20 * round_  # the 5 left over are pushed out too
+        if round_ < 2:
+            continue
+        # Only the newest five survived the overflow, in order.
+        got = [await asyncio.wait_for(layer.receive(b), 5) for _ in range(5)]
+        assert got == [{"round": 2, "i": i} for i in range(15, 20)]
+    await _nothing(layer, b)
+    assert b not in layer.receive_buffer, "an emptied buffer was kept"
+    await layer.flush()
+
+
+async def test_channel_churn_leaves_no_state_and_rss_levels_off(redis_url):
+    layer = RedisChannelLayer(hosts=[redis_url], capacity=2 * BATCH)
+    samples = []
+    start = time.monotonic()
+    for batch in range(CHURN // BATCH):
+        channels = [await layer.new_channel() for _ in range(BATCH)]
+        await asyncio.gather(*[layer.send(c, {"type": "m", "i": i}) for i, c in enumerate(channels)])
+        got = await asyncio.gather(*[layer.receive(c) for c in channels])
+        assert [m["i"] for m in got] == list(range(BATCH))
+        # Some consumers go away while waiting (a websocket closed mid-receive).
+        abandoned = [asyncio.ensure_future(layer.receive(c)) for c in channels[:100]]
+        await asyncio.sleep(0)
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+        samples.append(_rss())
+    elapsed = time.monotonic() - start
+
+    assert len(layer.receive_buffer) == 0
+    assert len(layer._waiters) == 0
+    assert len(layer._key_receivers) == 0
+    assert len(layer._buffer_touched) == 0
+    state = layer._layers[asyncio.get_running_loop()]
+    assert len(state.pumps) == 1  # the process key, on the only shard
+    # Every container the layer and its loop state hold is O(1) in the number of channels.
+    for owner in (layer, state):
+        for name, value in vars(owner).items():
+            if hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+                assert len(value) <= MAX_CONTAINER, f"{type(owner).__name__}.{name} has {len(value)} entries"
+
+    half = len(samples) // 2
+    first = samples[half - 1] - samples[0]
+    second = samples[-1] - samples[half - 1]
+    # A per-channel leak of even 100 bytes would add 5 MB over the second half.
+    assert second < 4 * 2**20, (
+        f"RSS grew {second / 2**20:.1f} MiB over the second {CHURN // 2} channels "
+        f"(first half: {first / 2**20:.1f} MiB, {elapsed:.1f}s)"
+    )
+    await layer.flush()
+
+
+async def test_buffers_never_received_from_are_swept_after_expiry(redis_url):
+    layer = RedisChannelLayer(hosts=[redis_url], expiry=1)
+    active = await layer.new_channel()
+    forgotten = [await layer.new_channel() for _ in range(10)]
+    for channel in forgotten:
+        await layer.send(channel, {"for": "nobody"})
+    await layer.send(active, {"n": 0})
+    assert await asyncio.wait_for(layer.receive(active), 5) == {"n": 0}
+    # The batch that carried the active channel's message filled the others' buffers.
+    assert all(layer.receive_buffer[c].qsize() == 1 for c in forgotten)
+
+    await asyncio.sleep(1.3)
+    # The next batch that arrives sweeps buffers untouched for longer than expiry.
+    await layer.send(active, {"n": 1})
+    assert await asyncio.wait_for(layer.receive(active), 5) == {"n": 1}
+    assert not any(c in layer.receive_buffer for c in forgotten), "stale buffers were kept"
+    assert not any(c in layer._buffer_touched for c in forgotten)
+    assert len(layer.receive_buffer) == 0
+    # Their messages had expired anyway: nothing is delivered late.
+    await _nothing(layer, forgotten[0])
+    await layer.flush()
