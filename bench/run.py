@@ -146,7 +146,10 @@ def run_memory(specs: list[wl.LayerSpec], url: str, channels: int) -> dict:
 
     def child(spec: wl.LayerSpec) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", spec.name, url, str(channels)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return {"layer": spec.name, "error": "timed out after 600 s"}
         if proc.returncode != 0:
             return {"layer": spec.name, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
         return json.loads(proc.stdout.strip().splitlines()[-1])

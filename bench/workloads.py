@@ -34,7 +34,7 @@ BENCH_CAPACITY = 100_000
 TEXT = "x" * 56
 GROUP = "bench-group"
 WORKER_CHANNEL = "bench.work"
-ENCRYPTION_KEYS = ["bench-secret-key"]
+ENCRYPTION_KEYS = ["bench-secret-key-not-for-production-use"]  # >= 32 bytes
 
 
 # --------------------------------------------------------------------------------------
@@ -530,7 +530,9 @@ async def churn(spec: LayerSpec, url: str, channels: int, sample_every: int, con
     ``concurrency`` consumers churn at once (as many short-lived websocket consumers
     would), so the slow anchor finishes in reasonable time. Samples every ``sample_every``.
     """
-    layer = spec.make([url])  # default capacity: this is about memory, not throughput
+    # Default capacity (this is about memory, not throughput), and a prefix of its own:
+    # the layers churn side by side on one Redis and must not flush each other's keys.
+    layer = spec.make([url], prefix=f"churn-{spec.name}")
     samples = [(0, rss_bytes())]
     state = {"started": 0, "done": 0}
     t0 = perf_counter()
@@ -540,7 +542,7 @@ async def churn(spec: LayerSpec, url: str, channels: int, sample_every: int, con
             state["started"] += 1
             name = await layer.new_channel()
             await layer.send(name, make_message(state["started"]))
-            await layer.receive(name)
+            await asyncio.wait_for(layer.receive(name), 30)
             state["done"] += 1
             if state["done"] % sample_every == 0:
                 samples.append((state["done"], rss_bytes()))
@@ -552,7 +554,7 @@ async def churn(spec: LayerSpec, url: str, channels: int, sample_every: int, con
     samples[0] = (0, rss_bytes())
     await asyncio.gather(*[worker() for _ in range(concurrency)])
     seconds = perf_counter() - t0
-    await layer.flush()
+    await layer.close_pools()
     mb = [(n, rss / 2**20) for n, rss in samples]
     half = [rss for n, rss in mb if n >= channels // 2]
     return {
