@@ -130,6 +130,47 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is as good as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+_SWEPT = False
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove temp dirs left by owners that were SIGKILLed (their servers died with them)."""
+    global _SWEPT
+    if _SWEPT:
+        return
+    _SWEPT = True
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(("crf-redis-", "crf-sentinel-")):
+            continue
+        path = os.path.join(base, name)
+        try:
+            with open(os.path.join(path, "owner")) as fh:
+                pids = [int(x) for x in fh.read().split()]
+        except (OSError, ValueError):
+            continue  # not ours, or being created right now
+        if pids and not any(_pid_alive(pid) for pid in pids):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _conf_value(value: object) -> str:
     """Quote a value for a redis.conf line."""
     text = str(value)
@@ -184,6 +225,7 @@ class _Process:
         self._binary = binary
         self._fixed_port = port is not None
         self.port: int = port if port is not None else free_port(host)
+        _sweep_stale_dirs()
         self.dir = tempfile.mkdtemp(prefix=f"crf-{self.kind}-")
         self.logfile = os.path.join(self.dir, f"{self.kind}.log")
         self.conffile = os.path.join(self.dir, f"{self.kind}.conf")
@@ -255,6 +297,9 @@ class _Process:
             )
         with _LIVE_LOCK:
             _LIVE.add(self)
+        # Who owns this directory: lets a later run remove it if both are dead (see _sweep_stale_dirs).
+        with open(os.path.join(self.dir, "owner"), "w") as fh:
+            fh.write(f"{os.getpid()} {self.process.pid}\n")
         deadline = time.monotonic() + self.startup_timeout
         error: Exception | None = None
         while time.monotonic() < deadline:

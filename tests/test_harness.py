@@ -158,3 +158,11 @@ def test_no_stray_processes_after_a_crashed_owner(tmp_path):
     else:
         os.kill(pid, 9)
         pytest.fail(f"redis-server {pid} on port {port} outlived its owner")
+    # The dead owner's temp dir is swept by the next harness run that starts a server.
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith("crf-redis-")]
+    assert len(leftovers) == 1
+    subprocess.run(
+        [sys.executable, "-c", "from channels_redis_fast.testing import RedisServer; RedisServer().close()"],
+        check=True, timeout=30, env=env, cwd=tmp_path,
+    )
+    assert not any(p.name.startswith("crf-redis-") for p in tmp_path.iterdir())
