@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChannelFull", "RedisChannelLayer"]
 
 RESERVED_KEY = "__asgi_channel__"
+#: Seconds popped work-queue messages wait in a local buffer for a receiver of this
+#: process before they are handed back to Redis for other processes.
+WORK_GRACE = 0.5
 #: How many validated channel names to remember (cleared when full).
 VALID_NAME_CACHE_SIZE = 16384
 
@@ -81,6 +84,7 @@ class RedisChannelLayer(BaseChannelLayer):
             expiry=expiry,
         )
         self.client_prefix = uuid.uuid4().hex
+        self._own_suffix = self.client_prefix + "!"
         # Per event loop: sockets and pumps (see loop_connections.py).
         self._layers: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
         self._hooked_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -89,8 +93,13 @@ class RedisChannelLayer(BaseChannelLayer):
         self.receive_count = 0
         self.receive_event_loop: asyncio.AbstractEventLoop | None = None
         self.receive_lock = None  # kept for attribute compatibility; pumps need no lock
-        self._waiters: dict[str, collections.deque[asyncio.Future]] = {}
-        self._key_receivers: collections.Counter[str] = collections.Counter()
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._key_receivers: dict[str, int] = {}
+        # Work-queue channels only: the (score, member) each buffered message was popped
+        # with, so messages handed back to Redis keep their place in the queue.
+        self._work_scores: dict[str, collections.deque] = {}
+        self._give_back_timers: dict[str, asyncio.TimerHandle] = {}
+        self._giving_back: dict[str, asyncio.Future] = {}
         self._buffer_touched: dict[str, float] = {}
         self._next_sweep = 0.0
         self.reply_timeout = DEFAULT_REPLY_TIMEOUT
@@ -238,12 +247,15 @@ class RedisChannelLayer(BaseChannelLayer):
         bang = channel.find("!")
         if bang >= 0:
             real_channel = channel[: bang + 1]
-            if not real_channel.endswith(self.client_prefix + "!"):
+            if not real_channel.endswith(self._own_suffix):
                 raise WrongClientPrefixError(
                     f"Wrong client prefix: {channel!r} was not made by this layer"
                 )
         else:
             real_channel = channel
+        buffer = self.receive_buffer.get(channel)
+        if buffer is not None and buffer.qsize():
+            return self._take(channel, buffer, bang < 0)
         loop = asyncio.get_running_loop()
         if self.receive_count == 0:
             self.receive_event_loop = loop
@@ -251,34 +263,49 @@ class RedisChannelLayer(BaseChannelLayer):
             raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
         self.receive_count += 1
         try:
-            return await self._receive(channel, real_channel, loop)
+            return await self._wait_and_take(channel, real_channel, bang < 0, loop)
         finally:
             self.receive_count -= 1
             if self.receive_count == 0:
                 self.receive_event_loop = None
 
-    async def _receive(self, channel: str, real_channel: str, loop: asyncio.AbstractEventLoop) -> dict:
-        buffers = self.receive_buffer
-        bang = channel.find("!")
+    def _take(self, channel: str, buffer: ChannelBuffer, general: bool) -> dict:
+        # No await between taking a message and returning it: a cancellation can only
+        # land before the take (the message stays buffered) or after the return.
+        message = buffer.get_nowait()
+        if general:
+            scores = self._work_scores.get(channel)
+            if scores:
+                scores.popleft()
+        if not buffer.qsize() and channel not in self._waiters:
+            del self.receive_buffer[channel]
+            self._buffer_touched.pop(channel, None)
+            self._work_scores.pop(channel, None)
+        self.stats_counters["received"] += 1
+        return message
+
+    async def _wait_and_take(
+        self, channel: str, real_channel: str, general: bool, loop: asyncio.AbstractEventLoop
+    ) -> dict:
+        key = self.prefix + real_channel
+        receivers = self._key_receivers
         cancelled = False
         while True:
-            buffer = buffers.get(channel)
+            buffer = self.receive_buffer.get(channel)
             if buffer is not None and buffer.qsize():
-                message = buffer.get_nowait()
-                if not buffer.qsize() and channel not in self._waiters:
-                    del buffers[channel]
-                    self._buffer_touched.pop(channel, None)
-                self.stats_counters["received"] += 1
-                return message
+                return self._take(channel, buffer, general)
             waiter = loop.create_future()
             queue = self._waiters.get(channel)
             if queue is None:
-                queue = self._waiters[channel] = collections.deque()
+                queue = self._waiters[channel] = []
             queue.append(waiter)
-            key = self.prefix + real_channel
-            self._key_receivers[key] += 1
+            receivers[key] = receivers.get(key, 0) + 1
             try:
-                self._start_pumps(key, real_channel)
+                if general and channel in self._giving_back:
+                    # Messages this process handed back are on their way to the head
+                    # of the queue: pop only after they are there, to keep order.
+                    await asyncio.wait([self._giving_back[channel]])
+                self._start_pumps(key, real_channel, loop)
                 await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
@@ -288,31 +315,47 @@ class RedisChannelLayer(BaseChannelLayer):
                 cancelled = True
                 raise
             finally:
-                self._key_receivers[key] -= 1
-                if self._key_receivers[key] <= 0:
-                    del self._key_receivers[key]
-                try:
-                    queue.remove(waiter)
-                except ValueError:
-                    pass
-                if not queue and self._waiters.get(channel) is queue:
-                    del self._waiters[channel]
-                if cancelled and bang < 0 and channel not in self._waiters:
-                    self._return_buffered(channel)
+                left = receivers[key] - 1
+                if left:
+                    receivers[key] = left
+                else:
+                    del receivers[key]
+                if len(queue) == 1:
+                    if self._waiters.get(channel) is queue:
+                        del self._waiters[channel]
+                else:
+                    try:
+                        queue.remove(waiter)
+                    except ValueError:
+                        pass
+                if cancelled and general:
+                    self._check_work_surplus(channel)
 
-    def _start_pumps(self, key: str, real_channel: str) -> None:
-        state = self._loop_connections()
+    def _start_pumps(self, key: str, real_channel: str, loop: asyncio.AbstractEventLoop) -> None:
+        state = self._layers.get(loop)
+        if state is None or state.closed:
+            state = self._loop_connections()
+        pumps = state.key_pumps.get(key)
+        if pumps is not None:
+            for pump in pumps:
+                if pump.task is None or pump.task.done():
+                    pump.ensure_running()
+            return
         general = not real_channel.endswith("!")
         # A general channel is a shared work queue: take only as many messages as
-        # there are local receivers waiting (batch 0), so other processes get theirs.
+        # local receivers wait for (batch 0), so other processes get theirs.
         batch = 0 if general else self.receive_batch_size
+        if general:
+            wanted = lambda key=key, channel=real_channel: (  # noqa: E731
+                self._key_receivers.get(key, 0) - self._buffered(channel)
+            )
+        else:
+            wanted = lambda key=key: self._key_receivers.get(key, 0)  # noqa: E731
         # Every shard, not only the hashed one: stock channels_redis senders put
         # messages for a process channel on the shard of its *full* name, and work
         # queues are filled round-robin.
+        pumps = []
         for index in range(self.ring_size):
-            if (key, index) in state.pumps:
-                state.pumps[key, index].ensure_running()
-                continue
             on_batch = (
                 _GeneralChannelDelivery(self, real_channel, key, index)
                 if general
@@ -321,12 +364,14 @@ class RedisChannelLayer(BaseChannelLayer):
             pump = state.pump(
                 key,
                 index,
-                lambda key=key: self._key_receivers.get(key, 0),
+                wanted,
                 on_batch,
                 self.brpop_timeout,
                 batch,
             )
             pump.ensure_running()
+            pumps.append(pump)
+        state.key_pumps[key] = pumps
 
     def _deliver_process_batch(self, flat: list) -> None:
         now = time.time()
@@ -358,21 +403,61 @@ class RedisChannelLayer(BaseChannelLayer):
         queue = self._waiters.get(channel)
         return sum(1 for waiter in queue if not waiter.done()) if queue else 0
 
+    def _buffered(self, channel: str) -> int:
+        buffer = self.receive_buffer.get(channel)
+        return buffer.qsize() if buffer is not None else 0
+
+    def _check_work_surplus(self, channel: str) -> None:
+        """Schedule a give-back if a work queue holds more than its waiting receivers take."""
+        if self._buffered(channel) > self._waiting(channel) and channel not in self._give_back_timers:
+            self._give_back_timers[channel] = asyncio.get_running_loop().call_later(
+                WORK_GRACE, self._give_back_if_unclaimed, channel
+            )
+
+    def _give_back_if_unclaimed(self, channel: str) -> None:
+        self._give_back_timers.pop(channel, None)
+        if channel in self._waiters:
+            self._check_work_surplus(channel)
+        else:
+            self._return_buffered(channel)
+
     def _return_buffered(self, channel: str) -> None:
-        # The last receiver of a work queue left (cancelled) with messages already
-        # popped for it: put them back in Redis for other processes rather than hold
-        # them here for a receiver that may never come.
+        # Nobody here received them within WORK_GRACE: put popped work-queue messages
+        # back in Redis for other processes rather than hold them for a receiver that
+        # may never come.
         buffer = self.receive_buffer.pop(channel, None)
         self._buffer_touched.pop(channel, None)
+        scores = self._work_scores.pop(channel, None)
         if buffer is None or not buffer.qsize():
             return
-        now = time.time()
-        pairs: list = []
-        while buffer.qsize():
-            pairs.append((now, self.serialize(buffer.get_nowait())))
-        self._give_back(next(self._send_index_generator), self.prefix + channel, pairs)
+        if scores is not None and len(scores) == buffer.qsize():
+            # The very bytes and scores they were popped with: they go back to the
+            # head of the queue, ahead of anything sent since.
+            by_shard: dict[int, list] = {}
+            for index, score, member in scores:
+                by_shard.setdefault(index, []).append((score, member))
+            returns = [
+                self._give_back(index, self.prefix + channel, pairs)
+                for index, pairs in by_shard.items()
+            ]
+            self._track_give_back(channel, returns)
+            return
+        now = time.time()  # pragma: no cover - only if the two ever disagree
+        pairs = [(now, self.serialize(buffer.get_nowait())) for _ in range(buffer.qsize())]
+        returned = self._give_back(next(self._send_index_generator), self.prefix + channel, pairs)
+        self._track_give_back(channel, [returned])
 
-    def _give_back(self, index: int, key: str, pairs: list) -> None:
+    def _track_give_back(self, channel: str, returns: list) -> None:
+        done = asyncio.gather(*returns, return_exceptions=True)
+        self._giving_back[channel] = done
+
+        def forget(future: asyncio.Future) -> None:
+            if self._giving_back.get(channel) is future:
+                del self._giving_back[channel]
+
+        done.add_done_callback(forget)
+
+    def _give_back(self, index: int, key: str, pairs: list) -> asyncio.Future:
         """ZADD popped (score, member) pairs back into a work queue, in the background."""
         self.stats_counters["returned"] += len(pairs)
         args: list = ["ZADD", key]
@@ -383,6 +468,7 @@ class RedisChannelLayer(BaseChannelLayer):
         task = asyncio.ensure_future(connection.execute(*args))
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task) -> None:
         self._background.discard(task)
@@ -409,6 +495,7 @@ class RedisChannelLayer(BaseChannelLayer):
         for channel, touched in list(self._buffer_touched.items()):
             if touched < stale and channel not in self._waiters:
                 self.receive_buffer.pop(channel, None)
+                self._work_scores.pop(channel, None)
                 del self._buffer_touched[channel]
 
     # -- groups ---------------------------------------------------------------------
@@ -487,6 +574,10 @@ class RedisChannelLayer(BaseChannelLayer):
         await asyncio.gather(*[self._flush_shard(c) for c in state.commands])
         self.receive_buffer.clear()
         self._buffer_touched.clear()
+        self._work_scores.clear()
+        for timer in self._give_back_timers.values():
+            timer.cancel()
+        self._give_back_timers.clear()
         await self.close_pools()
 
     async def _flush_shard(self, connection: RedisConnection) -> None:
@@ -518,9 +609,9 @@ class RedisChannelLayer(BaseChannelLayer):
 class _GeneralChannelDelivery:
     """Batch handler for a general (work-queue) channel on one shard.
 
-    Keeps only as many messages as there are receivers waiting for them here; the
-    rest (a receiver was cancelled while its pop was in flight) go back to Redis with
-    their original score, so other processes get them in order.
+    Popped messages wait in the local buffer for this process's receivers; any that
+    no receiver claims within WORK_GRACE go back to Redis with their original score
+    and bytes, so other processes get them, in order.
     """
 
     __slots__ = ("layer", "channel", "key", "index")
@@ -538,15 +629,10 @@ class _GeneralChannelDelivery:
         buffer = layer.receive_buffer[self.channel]
         malformed = []
         expired = 0
-        room = layer._waiting(self.channel) - buffer.qsize()
-        surplus: list = []
         for i in range(0, len(flat), 2):
             member, score = flat[i], flat[i + 1]
             if float(score) < cutoff:
                 expired += 1
-                continue
-            if room <= 0:
-                surplus.append((float(score), member))
                 continue
             try:
                 message = layer._serializer.deserialize(member)
@@ -556,13 +642,20 @@ class _GeneralChannelDelivery:
                 malformed.append((member, exc))
                 continue
             message.pop(RESERVED_KEY, None)
+            scores = layer._work_scores.get(self.channel)
+            if scores is None:
+                scores = layer._work_scores[self.channel] = collections.deque()
+            if buffer.full() and scores:
+                scores.popleft()  # the buffer drops its oldest message too
             buffer.put_nowait(message)
-            room -= 1
-        if surplus:
-            layer._give_back(self.index, self.key, surplus)
+            scores.append((self.index, float(score), member))
+        # More than the receivers waiting here (one was cancelled while its pop was on
+        # the wire): give it a moment to come back, then hand the rest back to Redis.
+        layer._check_work_surplus(self.channel)
         touched = [self.channel] if buffer.qsize() else []
         if not touched:
             layer.receive_buffer.pop(self.channel, None)
+            layer._work_scores.pop(self.channel, None)
         layer._after_batch(touched, malformed, expired, now)
 
 

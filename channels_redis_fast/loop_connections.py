@@ -32,6 +32,8 @@ class LoopConnections:
             for pool, host in zip(self.pools, hosts)
         ]
         self.pumps: dict[tuple[str, int], KeyPump] = {}
+        # key -> its pumps on every shard, so a receive finds them with one lookup.
+        self.key_pumps: dict[str, list[KeyPump]] = {}
         self.closed = False
 
     def pump(
@@ -67,6 +69,7 @@ class LoopConnections:
         pump = self.pumps.get((key, index))
         if pump is not None and not pump.running:
             del self.pumps[(key, index)]
+            self.key_pumps.pop(key, None)
             pump.connection.close_nowait()
 
     @property

@@ -138,15 +138,6 @@ async def test_worker_channel_exactly_once_with_four_cancelled_receivers(redis_u
     assert sum(1 for g in got if g) >= 2, "only one receiver ever got messages"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core.py _return_buffered (called from _receive when the last receiver of a work "
-        "queue is cancelled) ZADDs the already-popped messages back scored time.time(), "
-        "i.e. behind messages sent after them, so a later message is delivered first; "
-        "with _return_buffered disabled this scenario stays in order"
-    ),
-)
 async def test_worker_channel_order_with_four_cancelled_receivers(redis_url):
     got, _ = await _run_workers(redis_url, 99)
     for n in range(4):
