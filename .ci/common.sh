@@ -14,21 +14,29 @@ die() {
     exit 1
 }
 
-# Install Debian's redis-server and redis-sentinel when either binary is missing.
+# Install Debian's redis-server, redis-sentinel and chromium (the Django end-to-end test's
+# browser, driven by Playwright; never `playwright install`) when any of them is missing.
+# Only the missing packages are installed, so a second run is a no-op.
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 ensure_redis() {
-    section "Redis binaries"
-    if command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1; then
+    section "System packages: Redis binaries, Chromium"
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+    [ -x "$CHROMIUM" ] || missing+=(chromium)
+    if [ "${#missing[@]}" = 0 ]; then
         echo "found $(command -v redis-server): $(redis-server --version)"
+        echo "found $CHROMIUM"
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 \
-        || die "redis-server/redis-sentinel missing and no apt-get: install Redis >= 5 yourself"
+        || die "${missing[*]} missing and no apt-get: install Redis >= 5 and Chromium yourself"
     local sudo=""
     if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "redis-server missing; run as root or install redis-server redis-sentinel"
+        command -v sudo >/dev/null 2>&1 || die "${missing[*]} missing; run as root or install them"
         sudo="sudo"
     fi
-    echo "installing redis-server and redis-sentinel with apt-get ..."
+    echo "installing ${missing[*]} with apt-get ..."
     # The packages' post-install scripts would start system services on 6379/26379; this
     # project runs its own private servers, so tell invoke-rc.d not to start anything.
     local policy=/usr/sbin/policy-rc.d made_policy=0
@@ -41,12 +49,13 @@ ensure_redis() {
     {
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
             && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-                redis-server redis-sentinel >/dev/null
+                "${missing[@]}" >/dev/null
     } || rc=$?
     if [ "$made_policy" = 1 ]; then $sudo rm -f "$policy"; fi
-    [ "$rc" = 0 ] || die "apt-get install redis-server redis-sentinel failed (exit $rc)"
+    [ "$rc" = 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get"
-    echo "installed: $(redis-server --version)"
+    [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after apt-get install chromium"
+    echo "installed: ${missing[*]} ($(redis-server --version))"
 }
 
 # Create (or reuse) the project's virtualenv.
