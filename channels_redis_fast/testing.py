@@ -410,6 +410,30 @@ class _Process:
         return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
 
 
+def _tls_server_lines(tls: dict, tls_port: int | None) -> list[str]:
+    """redis.conf lines for TLS: certificates, client authentication, and the TLS port."""
+    lines = []
+    if tls_port is not None:
+        lines.append(f"tls-port {tls_port}")
+    lines += [
+        f"tls-cert-file {_conf_value(tls['cert_file'])}",
+        f"tls-key-file {_conf_value(tls['key_file'])}",
+        f"tls-ca-cert-file {_conf_value(tls['ca_file'])}",
+        f"tls-auth-clients {tls.get('auth_clients', 'no')}",
+    ]
+    return lines
+
+
+def _tls_client_kwargs(tls: dict | None) -> dict:
+    if not tls:
+        return {}
+    kwargs = {"ssl": True, "ssl_ca_certs": tls["ca_file"], "ssl_cert_reqs": "required"}
+    if tls.get("client_cert_file"):
+        kwargs["ssl_certfile"] = tls["client_cert_file"]
+        kwargs["ssl_keyfile"] = tls.get("client_key_file")
+    return kwargs
+
+
 # --------------------------------------------------------------------------------------
 # public classes
 # --------------------------------------------------------------------------------------
@@ -426,6 +450,11 @@ class RedisServer(_Process):
     :param extra_args: more ``--option value`` arguments for redis-server (e.g. TLS).
     :param bind: the ``bind`` directive (default: ``host``; e.g. ``"127.0.0.1 -::1"``).
     :param start: start now (default) or leave it to ``start()`` / ``with``.
+    :param tls: serve TLS only (``port 0``, ``tls-port`` = ``port``) with these files, a dict
+        with ``cert_file``, ``key_file``, ``ca_file`` (the CA that signed client certs),
+        optional ``auth_clients`` (``"no"`` by default, ``"yes"`` or ``"optional"``) and
+        optional ``client_cert_file``/``client_key_file`` for the harness's own client.
+        ``url`` becomes ``rediss://…``; ``ssl_kwargs`` are the matching redis-py options.
     """
 
     kind = "redis"
@@ -444,7 +473,9 @@ class RedisServer(_Process):
         start: bool = True,
         startup_timeout: float = START_TIMEOUT,
         binary: str | None = None,
+        tls: dict | None = None,
     ) -> None:
+        self.tls = dict(tls) if tls else None
         self.replicaof = (replicaof[0], int(replicaof[1])) if replicaof else None
         self.masterauth = masterauth
         self._unixsocket = unixsocket
@@ -467,9 +498,31 @@ class RedisServer(_Process):
 
     @property
     def url(self) -> str:
-        """``redis://[:password@]127.0.0.1:PORT``"""
+        """``redis://[:password@]127.0.0.1:PORT`` (``rediss://`` when serving TLS)"""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}{self.host}:{self.port}"
+
+    @property
+    def ssl_kwargs(self) -> dict:
+        """redis-py options that reach this TLS server (empty for a plain one)."""
+        return _tls_client_kwargs(self.tls)
+
+    def start(self) -> "RedisServer":
+        try:
+            return super().start()  # type: ignore[return-value]
+        except ServerError as exc:
+            if self.tls and "tls" in str(exc).lower():
+                raise ServerError(
+                    f"redis-server could not start with TLS; it may have been built without "
+                    f"TLS support (BUILD_TLS=yes).\n{exc}"
+                ) from exc
+            raise
+
+    def _new_client(self, **kwargs) -> redis.Redis:
+        if self.tls:
+            kwargs = {**self.ssl_kwargs, **kwargs}
+        return super()._new_client(**kwargs)
 
     @property
     def unix_url(self) -> str:
@@ -483,7 +536,8 @@ class RedisServer(_Process):
 
     def _config_lines(self) -> list[str]:
         lines = [
-            f"port {self.port}",
+            f"port {0 if self.tls else self.port}",
+            *(_tls_server_lines(self.tls, self.port) if self.tls else []),
             f"bind {self.bind}",
             "protected-mode no",
             "daemonize no",
@@ -539,6 +593,9 @@ class SentinelServer(_Process):
     :param master_password: the master's password (``sentinel auth-pass``); taken from
         ``master`` when that is a RedisServer.
     :param down_after_ms, failover_timeout_ms: small so failover tests take seconds.
+    :param tls: the master serves TLS: the same dict as ``RedisServer(tls=...)`` (taken from
+        ``master`` when that is a TLS RedisServer). The sentinel itself still listens in plain
+        text; it reaches the master with ``tls-replication yes`` and the client cert, if any.
     """
 
     kind = "sentinel"
@@ -560,7 +617,11 @@ class SentinelServer(_Process):
         start: bool = True,
         startup_timeout: float = START_TIMEOUT,
         binary: str | None = None,
+        tls: dict | None = None,
     ) -> None:
+        if tls is None and isinstance(master, RedisServer):
+            tls = master.tls
+        self.tls = dict(tls) if tls else None
         if isinstance(master, RedisServer):
             self.master_address = (master.host, master.port)
             if master_password is None:
@@ -631,6 +692,13 @@ class SentinelServer(_Process):
         ]
         if self.master_password:
             lines.append(f"sentinel auth-pass {name} {_conf_value(self.master_password)}")
+        if self.tls:
+            tls = dict(self.tls)
+            # The sentinel is the master's client: present the client cert, if there is one.
+            if tls.get("client_cert_file"):
+                tls["cert_file"] = tls["client_cert_file"]
+                tls["key_file"] = tls["client_key_file"]
+            lines += _tls_server_lines(tls, None) + ["tls-replication yes"]
         if self.password:
             lines.append(f"requirepass {_conf_value(self.password)}")
         return lines
