@@ -24,6 +24,7 @@ import hiredis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -39,6 +40,10 @@ Arg = bytes | str | int | float
 #: their block time on top.
 DEFAULT_REPLY_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: For how long a command whose connection could not be made is retried. It was never
+#: written, so a retry cannot duplicate it; this rides out a restart or a sentinel
+#: failover (discovery briefly finds no healthy master) without failing the caller.
+CONNECT_RETRY_SECONDS = 2.0
 #: Error replies that mean "not logged in" (a server that started asking for a password).
 _AUTH_ERRORS = ("NOAUTH", "WRONGPASS")
 
@@ -264,12 +269,26 @@ class RedisConnection:
         return self._execute_many_after_connect(commands)
 
     async def _execute_after_connect(self, args: Sequence[Arg], block: float) -> Any:
-        protocol = await self.connect()
+        protocol = await self._connect_retrying()
         return await protocol.execute(args, block)
 
     async def _execute_many_after_connect(self, commands: Sequence[Sequence[Arg]]) -> list:
-        protocol = await self.connect()
+        protocol = await self._connect_retrying()
         return await asyncio.gather(*[protocol.execute(c) for c in commands])
+
+    async def _connect_retrying(self) -> RedisProtocol:
+        deadline = time.monotonic() + CONNECT_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return await self.connect()
+            except AuthenticationError:
+                raise  # a wrong password does not fix itself
+            except (RedisConnectionError, OSError):
+                if self.closed or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def connect(self) -> RedisProtocol:
         if self.closed:
