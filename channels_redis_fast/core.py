@@ -202,6 +202,12 @@ class RedisChannelLayer(BaseChannelLayer):
     async def wait_received(self) -> None:
         """Kept for API compatibility: nothing is ever left in flight after a receive."""
 
+    async def stats(self, groups: Iterable[str] | None = None) -> dict:
+        """Queue depths, local buffers, counters and (on request) group sizes; see stats.py."""
+        from .stats import layer_stats
+
+        return await layer_stats(self, groups)
+
     # -- send -----------------------------------------------------------------------
     async def send(self, channel: str, message: dict) -> None:
         """Send a message onto a (general or specific) channel."""

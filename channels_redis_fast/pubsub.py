@@ -412,6 +412,12 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         for shard in self._shards:
             await shard.reset()
 
+    async def stats(self, groups: Iterable[str] | None = None) -> dict:
+        """Subscriptions, local buffers, drops and reconnects per shard; see stats.py."""
+        from .stats import pubsub_stats
+
+        return await pubsub_stats(self, groups)
+
     async def close(self) -> None:
         self._closed = True
         self.channels = {}
