@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from channels.exceptions import ChannelFull
@@ -144,6 +145,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=30,
         env=dict(os.environ),
+        cwd=tempfile.gettempdir(),  # import the installed package, not the checkout
     )
 
 
