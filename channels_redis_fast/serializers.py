@@ -212,12 +212,12 @@ class BaseMessageSerializer(abc.ABC):
         return self.from_bytes(message)
 
     def _encrypt(self, body: bytes) -> bytes:
-        if self.crypter is self._codec_for:
+        if self.crypter is getattr(self, "_codec_for", None):
             return self._codec.encrypt(body)
         return self.crypter.encrypt(body)  # a crypter someone swapped in
 
     def _decrypt(self, token: bytes) -> bytes:
-        if self.crypter is self._codec_for:
+        if self.crypter is getattr(self, "_codec_for", None):
             return self._codec.decrypt(token, self.token_ttl)
         return self.crypter.decrypt(token, self.token_ttl)
 
