@@ -17,7 +17,6 @@ import itertools
 import os
 import re
 
-import msgpack
 import pytest
 from channels.layers import BaseChannelLayer
 from channels_redis.core import BoundedQueue

@@ -64,8 +64,18 @@ class Script:
         try:
             return await connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+            return await self.after_error(exc, connection, keys, args)
+
+    async def after_error(
+        self, exc: ResponseError, connection: RedisConnection, keys: list, args: list
+    ) -> Any:
+        """Re-run with EVAL if the server did not know the script; else re-raise.
+
+        Hot paths await ``connection.execute("EVALSHA", ...)`` themselves (one coroutine
+        less per call) and come here only when it failed.
+        """
+        if not str(exc).startswith("NOSCRIPT"):
+            raise exc
         return await connection.execute("EVAL", self.source, len(keys), *keys, *args)
 
 
