@@ -55,10 +55,14 @@ def make_pool(host: dict[str, Any]) -> ConnectionPool:
     ``master_name``, ``sentinel_kwargs``), or plain redis-py connection kwargs.
     """
     host = dict(host)
-    # Timeouts for reads are ours (see RedisProtocol); redis-py's apply only to its
-    # handshake. Keep a connect timeout so "Redis down" fails in seconds.
-    host.pop("socket_timeout", None)
-    host.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    # redis-py's socket timeouts only ever apply to its handshake on our connections:
+    # after it, reads are timed by RedisProtocol (blocking pops would trip a plain
+    # socket timeout, channels_redis issue 422). Keep both bounded, also where redis-py
+    # (before 8) defaults them to None, so a dead or frozen server fails in seconds.
+    if host.get("socket_timeout") is None:
+        host["socket_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    if host.get("socket_connect_timeout") is None:
+        host["socket_connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
     host["protocol"] = 2
     # Decoding is ours too: payloads are bytes.
     host.pop("decode_responses", None)
