@@ -9,9 +9,11 @@ deployment that falls back to pure Python behaves exactly like one that did not.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import operator
 import os
 import re
+import sys
 import threading
 from asyncio import QueueEmpty
 from binascii import crc32
@@ -293,7 +295,7 @@ def _targets_error(msg: Any) -> ValueError | None:
 
 def demux_batch(
     flat: Sequence[Any],
-    decode: Callable[[bytes], Any],
+    decode: Callable[[bytes], Any] | int,
     buffers: dict[str, ChannelBuffer],
     maxsize: int,
     cutoff: float,
@@ -304,7 +306,9 @@ def demux_batch(
     ``cutoff`` are counted as expired and skipped. Each remaining member is decoded and
     delivered to the channel(s) named by its ``__asgi_channel__`` key, which is removed;
     a list target gives the first channel the decoded dict and every further one its own
-    shallow copy, so one consumer mutating its message cannot affect another. Missing
+    shallow copy, so one consumer mutating its message cannot affect another. An int
+    ``decode`` is a prefix length and means ``unpack_message(member, decode)`` (plain
+    msgpack, no encryption), which the compiled twin runs without a Python call. Missing
     buffers are created with ``maxsize``. A payload that fails to decode or route is
     returned in ``malformed`` with the exception instead of being raised, so one bad
     message cannot lose the rest of the batch.
@@ -315,6 +319,11 @@ def demux_batch(
     count = len(flat)
     if count % 2:
         raise ValueError("flat must hold member/score pairs (even length)")
+    if isinstance(decode, int):
+        # Same range as the compiled twin's Py_ssize_t.
+        if not -sys.maxsize - 1 <= decode <= sys.maxsize:
+            raise OverflowError("Python int too large to convert to C ssize_t")
+        decode = functools.partial(unpack_message, prefix_length=decode)
     touched: list[str] = []
     seen: set[str] = set()
     malformed: list[tuple[bytes, BaseException]] = []

@@ -173,9 +173,26 @@ def pack_message(message, Py_ssize_t prefix_length):
     return out
 
 
+include "_msgpack_decode.pxi"
+
+
 def unpack_message(data, Py_ssize_t prefix_length):
     """unpack_message(data: bytes, prefix_length: int) -> Any"""
-    cdef Py_ssize_t size
+    return _unpack_message(data, prefix_length)
+
+
+cdef object _unpack_message(object data, Py_ssize_t prefix_length):
+    cdef Py_ssize_t size, skip
+    cdef object value
+    if PyBytes_CheckExact(data):
+        # Decode in place, past the prefix; anything the compiled decoder is not sure
+        # about goes to msgpack below, so results and errors are msgpack's own.
+        size = PyBytes_GET_SIZE(data)
+        skip = prefix_length if prefix_length > 0 else 0
+        if skip < size:
+            value = _mp_decode(PyBytes_AS_STRING(data) + skip, size - skip)
+            if value is not _MP_CANT:
+                return value
     if prefix_length > 0:
         if PyBytes_CheckExact(data):
             size = PyBytes_GET_SIZE(data)
@@ -522,8 +539,13 @@ def demux_batch(flat, decode, object buffers not None, Py_ssize_t maxsize, doubl
     cdef list malformed = []
     cdef Py_ssize_t expired = 0
     cdef object member, msg, target, error
+    # An int decode is a prefix length: unpack_message(member, decode), called in C.
+    cdef bint inline_msgpack = PyLong_Check(decode)
+    cdef Py_ssize_t prefix_length = 0
     if count % 2:
         raise ValueError("flat must hold member/score pairs (even length)")
+    if inline_msgpack:
+        prefix_length = decode
     for i in range(0, count, 2):
         member = pairs[i]
         verdict = _score_expired(pairs[i + 1], cutoff)
@@ -537,7 +559,10 @@ def demux_batch(flat, decode, object buffers not None, Py_ssize_t maxsize, doubl
             expired += 1
             continue
         try:
-            msg = decode(member)
+            if inline_msgpack:
+                msg = _unpack_message(member, prefix_length)
+            else:
+                msg = decode(member)
         except Exception as exc:
             malformed.append((member, exc))
             continue
