@@ -29,7 +29,7 @@ from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
 from .loop_connections import LoopConnections
 from .scripts import group_send_script, send_script
-from .serializers import registry
+from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
 from .utils import _consistent_hash, _wrap_close, decode_hosts
 
@@ -386,8 +386,14 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _deliver_process_batch(self, flat: list) -> None:
         now = time.time()
+        serializer = self._serializer
+        decode = serializer.deserialize
+        # Plain msgpack: pass the prefix length so demux decodes each member without a call.
+        if type(serializer) is MsgPackSerializer and serializer.crypter is None:
+            if type(serializer.random_prefix_length) is int:
+                decode = serializer.random_prefix_length
         touched, malformed, expired = demux_batch(
-            flat, self._serializer.deserialize, self.receive_buffer, self.capacity, now - self.expiry
+            flat, decode, self.receive_buffer, self.capacity, now - self.expiry
         )
         self._after_batch(touched, malformed, expired, now)
 
