@@ -233,6 +233,28 @@ def test_demux_channels_redis(benchmark):
     benchmark(run)
 
 
+# The layer's path for plain msgpack: an int decode (the prefix length) lets the compiled
+# demux decode each member in C, without calling back into Python.
+@pytest.mark.benchmark(group="demux-100-int-decode")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_demux_int_decode(benchmark, impl):
+    demux = impl.demux_batch
+
+    def run():
+        buffers = {}
+        touched, malformed, expired = demux(BATCH, PREFIX_LENGTH, buffers, 100, CUTOFF)
+        assert len(touched) == 4 and not malformed and not expired
+        return buffers
+
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="demux-100-int-decode")
+def test_demux_int_decode_channels_redis(benchmark):
+    # Same baseline as the demux-100 group, repeated so each group reads on its own.
+    test_demux_channels_redis(benchmark)
+
+
 # --- RESP encoding (baseline: redis-py's command packer) ------------------------------------
 
 ZADD = ("ZADD", b"asgispecific." + CLIENT_PREFIX.encode() + b"!", 1763789000.1234567,
