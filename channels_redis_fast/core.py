@@ -410,20 +410,10 @@ class RedisChannelLayer(BaseChannelLayer):
         if expired:
             self.stats_counters["expired"] += expired
         touched_at = self._buffer_touched
-        waiters = self._waiters
         buffers = self.receive_buffer
         for channel in touched:
             touched_at[channel] = now
-            queue = waiters.get(channel)
-            if queue:
-                # Inlined _wake: a group fan-out touches hundreds of channels per batch.
-                count = buffers[channel].qsize()
-                for waiter in queue:
-                    if count <= 0:
-                        break
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        count -= 1
+            self._wake(channel, buffers[channel].qsize())
         if now >= self._next_sweep:
             self._sweep_buffers(now)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import os
 import struct
 
 import msgpack
@@ -19,12 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().lower() not in (
-    "",
-    "0",
-    "false",
-    "no",
-)
+from channels_redis_fast.speedups import NO_EXTENSIONS
+
 
 SETTINGS = settings(
     max_examples=300,

@@ -7,7 +7,6 @@ reference libraries always run for whichever implementations are available.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 
 import hiredis
@@ -20,12 +19,8 @@ from channels_redis.utils import _consistent_hash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().lower() not in (
-    "",
-    "0",
-    "false",
-    "no",
-)
+from channels_redis_fast.speedups import NO_EXTENSIONS
+
 
 SETTINGS = settings(
     max_examples=200,
