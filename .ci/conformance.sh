@@ -110,8 +110,8 @@ else
 fi
 if [ "${#harness_args[@]}" -gt 0 ]; then
     ready="$WORK/servers.json"
-    # -I: isolated, so the script's directory (the package sources) is not on sys.path.
-    "$VENV/bin/python" -I "$ROOT/channels_redis_fast/testing.py" --bind "127.0.0.1 -::1" \
+    # -I -m: the installed harness, with the source tree kept off sys.path.
+    "$VENV/bin/python" -I -m channels_redis_fast.testing --bind "127.0.0.1 -::1" \
         --ready-file "$ready" "${harness_args[@]}" >"$WORK/servers.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 150); do
