@@ -647,9 +647,12 @@ class _GeneralChannelDelivery:
         buffer = layer.receive_buffer[self.channel]
         malformed = []
         expired = 0
+        scores = layer._work_scores.get(self.channel)
+        if scores is None:
+            scores = layer._work_scores[self.channel] = collections.deque()
         for i in range(0, len(flat), 2):
-            member, score = flat[i], flat[i + 1]
-            if float(score) < cutoff:
+            member, score = flat[i], float(flat[i + 1])
+            if score < cutoff:
                 expired += 1
                 continue
             try:
@@ -660,13 +663,10 @@ class _GeneralChannelDelivery:
                 malformed.append((member, exc))
                 continue
             message.pop(RESERVED_KEY, None)
-            scores = layer._work_scores.get(self.channel)
-            if scores is None:
-                scores = layer._work_scores[self.channel] = collections.deque()
             if buffer.full() and scores:
                 scores.popleft()  # the buffer drops its oldest message too
             buffer.put_nowait(message)
-            scores.append((self.index, float(score), member))
+            scores.append((self.index, score, member))
         # More than the receivers waiting here (one was cancelled while its pop was on
         # the wire): give it a moment to come back, then hand the rest back to Redis.
         layer._check_work_surplus(self.channel)

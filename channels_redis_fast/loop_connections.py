@@ -65,19 +65,6 @@ class LoopConnections:
             self.pumps[(key, index)] = pump
         return pump
 
-    def forget_pump(self, key: str, index: int) -> None:
-        pump = self.pumps.get((key, index))
-        if pump is not None and not pump.running:
-            del self.pumps[(key, index)]
-            self.key_pumps.pop(key, None)
-            pump.connection.close_nowait()
-
-    @property
-    def connection_count(self) -> int:
-        sockets = [c for c in self.commands if c.is_connected]
-        sockets += [p.connection for p in self.pumps.values() if p.connection.is_connected]
-        return len(sockets)
-
     async def close(self) -> None:
         """Stop the pumps cleanly (no pop abandoned mid-reply), then close every socket."""
         if self.closed:
