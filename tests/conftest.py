@@ -7,6 +7,7 @@ redis-server is missing the fixtures fail (they never skip) and say how to insta
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import channels_redis_fast
+from channels_redis_fast.speedups import NO_EXTENSIONS
 from channels_redis_fast.testing import (
     INSTALL_HINT,
     RedisNotInstalled,
@@ -66,6 +68,21 @@ def _start(factory, *args, **kwargs):
 
 
 # ---------------------------------------------------------------------------- session-scoped
+
+
+@pytest.fixture(
+    params=[
+        "channels_redis_fast._speedups_py",
+        pytest.param(
+            "channels_redis_fast._speedups",
+            marks=pytest.mark.skipif(NO_EXTENSIONS, reason="pure-Python build"),
+        ),
+    ],
+    ids=["pure", "compiled"],
+)
+def impl(request):
+    """Each implementation of the hot paths in turn: the pure twin, then the compiled one."""
+    return importlib.import_module(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -33,11 +33,6 @@ if not NO_EXTENSIONS:
     IMPLS.append(importlib.import_module("channels_redis_fast._speedups"))
 
 
-@pytest.fixture(params=IMPLS, ids=lambda m: "pure" if m is py else "compiled")
-def impl(request):
-    return request.param
-
-
 def same(a, b):
     """Equal and of the same types all the way down; NaN equals NaN, -0.0 differs from 0.0."""
     if type(a) is not type(b):

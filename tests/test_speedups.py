@@ -8,7 +8,6 @@ test_speedups_parity.py.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import re
 from pathlib import Path
@@ -26,20 +25,6 @@ NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().
     "no",
 )
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(
-    params=[
-        "channels_redis_fast._speedups_py",
-        pytest.param(
-            "channels_redis_fast._speedups",
-            marks=pytest.mark.skipif(NO_EXTENSIONS, reason="pure-Python build"),
-        ),
-    ],
-    ids=["pure", "compiled"],
-)
-def impl(request):
-    return importlib.import_module(request.param)
 
 
 # --- the build under test ----------------------------------------------------------------

@@ -36,11 +36,6 @@ if not NO_EXTENSIONS:
 needs_compiled = pytest.mark.skipif(NO_EXTENSIONS, reason="pure-Python build")
 
 
-@pytest.fixture(params=IMPLS, ids=lambda m: "pure" if m is py else "compiled")
-def impl(request):
-    return request.param
-
-
 @pytest.fixture
 def cc():
     return importlib.import_module("channels_redis_fast._speedups")
