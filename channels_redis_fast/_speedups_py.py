@@ -250,6 +250,17 @@ class ChannelBuffer:
         except IndexError:
             raise QueueEmpty from None
 
+    def put_front(self, item: Any) -> None:
+        """Return an item to the head: a receiver was handed it, then cancelled.
+
+        When full, that item is the oldest there is, so it is the one dropped.
+        """
+        items = self._items
+        if len(items) == items.maxlen:
+            self.dropped += 1
+            return
+        items.appendleft(item)
+
     def qsize(self) -> int:
         return len(self._items)
 

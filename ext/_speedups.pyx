@@ -402,6 +402,21 @@ cdef class ChannelBuffer:
         """get_nowait() -> Any; raises asyncio.QueueEmpty when empty."""
         return self.pop()
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def put_front(self, item):
+        """put_front(item) -> None; see the pure twin."""
+        if self.maxsize > 0 and self._count >= self.maxsize:
+            self.dropped += 1
+            return
+        if self._count == len(self._ring):
+            self._grow()
+        self._head -= 1
+        if self._head < 0:
+            self._head = len(self._ring) - 1
+        self._ring[self._head] = item
+        self._count += 1
+
     def qsize(self):
         return self._count
 

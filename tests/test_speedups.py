@@ -321,6 +321,30 @@ def test_channel_buffer_drops_oldest(impl):
         buf.get_nowait()
 
 
+def test_channel_buffer_put_front_returns_an_item_to_the_head(impl):
+    buf = impl.ChannelBuffer(4)
+    for i in range(3):
+        buf.put_nowait(i)
+    taken = buf.get_nowait()
+    buf.put_front(taken)
+    assert [buf.get_nowait() for _ in range(3)] == [0, 1, 2]
+    # Wrapping the ring's head backwards past slot 0, and growing a full ring.
+    unbounded = impl.ChannelBuffer(0)
+    for i in range(20):
+        unbounded.put_front(i)
+    assert [unbounded.get_nowait() for _ in range(20)] == list(range(19, -1, -1))
+
+
+def test_channel_buffer_put_front_when_full_drops_the_returned_item(impl):
+    # The returned item is older than everything buffered, so it is the one dropped.
+    buf = impl.ChannelBuffer(2)
+    buf.put_nowait("a")
+    buf.put_nowait("b")
+    buf.put_front("older")
+    assert buf.dropped == 1
+    assert [buf.get_nowait() for _ in range(2)] == ["a", "b"]
+
+
 @pytest.mark.parametrize("maxsize", [0, -1])
 def test_channel_buffer_unbounded(impl, maxsize):
     buf = impl.ChannelBuffer(maxsize)

@@ -203,6 +203,21 @@ def test_channel_buffer_matches_bounded_queue(impl, maxsize, ops):
         assert len(ours) == ours.qsize()
 
 
+@needs_compiled
+@SETTINGS
+@given(maxsize=st.integers(-1, 12), ops=st.lists(st.integers(-1, 10**6), max_size=300))
+def test_channel_buffer_twins_agree_with_put_front(maxsize, ops):
+    # n >= 0: put_nowait(n) if even, put_front(n) if odd; -1: get_nowait().
+    twins = [impl.ChannelBuffer(maxsize) for impl in IMPLS]
+    for op in ops:
+        if op < 0:
+            assert len({_outcome(buf.get_nowait) for buf in twins}) == 1
+        else:
+            for buf in twins:
+                (buf.put_front if op % 2 else buf.put_nowait)(op)
+        assert len({(buf.qsize(), buf.full(), buf.dropped) for buf in twins}) == 1
+
+
 # --- demux_batch ----------------------------------------------------------------------------
 
 PROCESS = "specific.abc123!"
