@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .speedups import encode_commands
+from .speedups import encode_command, encode_commands
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +165,51 @@ class RedisProtocol(asyncio.Protocol):
         if self.closed is not None:
             future.set_exception(self.closed)
             return future
-        self._queued.append(args)
         if not self._pending:
             self._last_reply = time.monotonic()
+            if self._flush_handle is None and self.transport is not None:
+                # An idle connection writes at once: a lone request/response exchange
+                # skips the loop iteration that batching costs; commands issued while
+                # replies are outstanding are batched into one write.
+                self._pending.append((future, block))
+                self.transport.write(encode_command(args))
+                if self._watchdog is None:
+                    self._arm_watchdog()
+                return future
+        self._queued.append(args)
         self._pending.append((future, block))
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
         if self._watchdog is None:
             self._arm_watchdog()
         return future
+
+    def execute_pipeline(self, commands: Sequence[Sequence[Arg]], block: float = 0.0) -> list[asyncio.Future]:
+        """Queue commands that go out in one write; a future per reply.
+
+        ``block`` is the blocking time of the first command (BZPOPMIN before ZPOPMIN).
+        """
+        futures = [self.loop.create_future() for _ in commands]
+        if self.closed is not None:
+            for future in futures:
+                future.set_exception(self.closed)
+            return futures
+        idle = not self._pending
+        if idle:
+            self._last_reply = time.monotonic()
+        pending = self._pending
+        for future in futures:
+            pending.append((future, block))
+            block = 0.0
+        if idle and self._flush_handle is None and self.transport is not None:
+            self.transport.write(encode_commands(commands))
+        else:
+            self._queued.extend(commands)
+            if self._flush_handle is None:
+                self._flush_handle = self.loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._arm_watchdog()
+        return futures
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -268,7 +304,7 @@ class RedisConnection:
         """Send several commands in one write; returns an awaitable of all replies."""
         protocol = self.protocol
         if protocol is not None and protocol.closed is None:
-            return asyncio.gather(*[protocol.execute(c) for c in commands])
+            return asyncio.gather(*protocol.execute_pipeline(commands))
         return self._execute_many_after_connect(commands)
 
     async def _execute_after_connect(self, args: Sequence[Arg], block: float) -> Any:
@@ -277,7 +313,7 @@ class RedisConnection:
 
     async def _execute_many_after_connect(self, commands: Sequence[Sequence[Arg]]) -> list:
         protocol = await self._connect_retrying()
-        return await asyncio.gather(*[protocol.execute(c) for c in commands])
+        return await asyncio.gather(*protocol.execute_pipeline(commands))
 
     async def _connect_retrying(self) -> RedisProtocol:
         deadline = time.monotonic() + CONNECT_RETRY_SECONDS

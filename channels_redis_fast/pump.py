@@ -72,8 +72,12 @@ class KeyPump:
                 self.client_id = int(await protocol.execute(("CLIENT", "ID")))
             except ResponseError:  # an ACL without CLIENT: stop() waits out the block
                 self.client_id = None
-        blocked = protocol.execute(("BZPOPMIN", self.key, self.block), block=self.block)
-        more = protocol.execute(("ZPOPMIN", self.key, count - 1)) if count > 1 else None
+        if count > 1:
+            blocked, more = protocol.execute_pipeline(
+                (("BZPOPMIN", self.key, self.block), ("ZPOPMIN", self.key, count - 1)), self.block
+            )
+        else:
+            blocked, more = protocol.execute(("BZPOPMIN", self.key, self.block), self.block), None
         if more is not None:
             # When the blocking pop fails (connection lost, reply timeout) nobody awaits
             # ``more``; mark its error retrieved so asyncio does not log it at collection.
