@@ -27,7 +27,7 @@ import functools
 import logging
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable
 
 import hiredis
 from channels.layers import BaseChannelLayer
@@ -39,7 +39,7 @@ from .exceptions import InvalidMessageError
 from .loop_connections import _close_pool
 from .serializers import registry
 from .speedups import ChannelBuffer
-from .utils import _consistent_hash, _wrap_close, decode_hosts
+from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ RECONNECT_MAX_DELAY = 2.0
 #: listens, so without this a silently dead connection would lose messages forever.
 HEALTH_CHECK_INTERVAL = 30.0
 _MESSAGE = b"message"
+#: Types whose values a shallow dict copy cannot share mutably (see _decode_once).
+_IMMUTABLE_VALUES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 class RedisPubSubChannelLayer:
@@ -97,7 +99,7 @@ class RedisPubSubChannelLayer:
         return self._serializer.deserialize(message)
 
     def _get_layer(self) -> "RedisPubSubLoopLayer":
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         layer = self._layers.get(loop)
         if layer is None:
             layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
@@ -141,7 +143,7 @@ class RedisPubSubChannelLayer:
 class _LocalChannel:
     """A subscribed channel in this process: its bounded buffer and waiting receivers."""
 
-    __slots__ = ("name", "buffer", "waiters", "groups")
+    __slots__ = ("name", "buffer", "waiters", "groups", "handed", "woken")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
@@ -149,14 +151,47 @@ class _LocalChannel:
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         #: Group channel names this channel belongs to, so freeing it can leave them.
         self.groups: set[str] = set()
+        #: A message is on its way to a receiver through its future (see put).
+        self.handed = False
+        #: Receivers woken to look at the buffer that have not run yet.
+        self.woken = 0
+
+    def put(self, item: Any) -> bool:
+        """Deliver ``item`` (bytes, or a decoded message to copy); True if one was dropped.
+
+        A receiver waiting on an empty buffer is handed the item through its future,
+        which saves a buffer round trip per delivery. Its receive() puts the item back
+        at the head if it is cancelled before it runs; so that this keeps the order,
+        only one item at a time is handed over, and the rest wait in the buffer.
+        """
+        waiters = self.waiters
+        buffer = self.buffer
+        if waiters and not buffer and not self.handed:
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(item)
+                    self.handed = True
+                    return False
+        dropped = buffer.full()
+        buffer.put_nowait(item)
+        if waiters:
+            self.wake_one()
+        return dropped
 
     def wake_one(self) -> None:
+        """Wake a receiver to look at the buffer (its future's result is None)."""
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self.woken += 1
                 return
+
+    def in_use(self) -> bool:
+        """Does any receiver wait here, or has one been woken that has not run yet?"""
+        return bool(self.waiters) or self.handed or self.woken > 0
 
 
 class RedisPubSubLoopLayer(BaseChannelLayer):
@@ -192,6 +227,7 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         self.strict_messages = strict_messages
         self.reply_timeout = reply_timeout
         self.channels: dict[str, _LocalChannel] = {}
+        self._valid_channels = ValidNames(self.require_valid_channel_name)
         #: Group channel name (``{prefix}__group__{group}``) -> local member channel names.
         self.groups: dict[str, set[str]] = {}
         #: Messages discarded because a local buffer was full, since the layer was made.
@@ -241,12 +277,23 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         return tuple(channels[m] for m in members if m in channels)
 
     def _put(self, local: _LocalChannel, data: bytes) -> None:
-        buffer = local.buffer
-        if buffer.full():
+        if local.put(data):
             self._note_drops(1, local.name)
-        buffer.put_nowait(data)
-        if local.waiters:
-            local.wake_one()
+
+    def _decode_once(self, data: bytes) -> Any:
+        """A message for several local channels (a group): decode it once, not per member.
+
+        Returns the decoded dict when every value is immutable, so that a shallow copy
+        per receiver is indistinguishable from decoding again; otherwise (or if it does
+        not decode, so each receive() reports that as before) the bytes themselves.
+        """
+        try:
+            message = self._deserialize(data)
+        except Exception:  # noqa: BLE001 - each receiver raises it from receive()
+            return data
+        if type(message) is dict and all(type(v) in _IMMUTABLE_VALUES for v in message.values()):
+            return message
+        return data
 
     def _note_drops(self, count: int, channel: str) -> None:
         # A stalled consumer under a burst could drop thousands per second: count every
@@ -277,7 +324,8 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
     # -- channel layer API ----------------------------------------------------------------
     async def send(self, channel: str, message: Any) -> None:
         """PUBLISH ``message`` on ``channel`` (only current subscribers get it)."""
-        self.require_valid_channel_name(channel)
+        if type(channel) is not str or channel not in self._valid_channels:
+            self._valid_channels.require(channel)
         data = self._serialize(message)
         await self._get_shard(channel).publish(channel, data)
 
@@ -294,7 +342,7 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
             await self._get_shard(channel).subscribe(channel)
         except BaseException:
             # Do not leave a channel behind that Redis never delivers to.
-            if self.channels.get(channel) is local and not local.waiters and not local.buffer:
+            if self.channels.get(channel) is local and not local.in_use() and not local.buffer:
                 self._free_channel(local)
             raise
         return local
@@ -305,8 +353,10 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         Cancelling it (a consumer going away, or a timeout) frees the channel and
         unsubscribes, since Channels has no ``delete_channel()`` to do so.
         """
-        self.require_valid_channel_name(channel, receive=True)
-        local = self.channels.get(channel)
+        # Only valid names become local channels, so a known one needs no new check.
+        local = self.channels.get(channel) if type(channel) is str else None
+        if local is None:
+            self.require_valid_channel_name(channel, receive=True)
         waiter: asyncio.Future | None = None
         try:
             if local is None:
@@ -315,19 +365,26 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
                 # No await between taking a message and returning it: a cancellation
                 # can never lose one that left the buffer.
                 if local.buffer:
-                    return self._deserialize(local.buffer.get_nowait())
-                if self.channels.get(channel) is not local:
-                    # Freed while we were being woken (another receiver was cancelled).
-                    local = await self._subscribe_channel(channel)
-                    continue
-                waiter = self.loop.create_future()
-                local.waiters.append(waiter)
-                await waiter
-                waiter = None
+                    item = local.buffer.get_nowait()
+                else:
+                    if self.channels.get(channel) is not local:
+                        # Freed while we were being woken (another receiver was cancelled).
+                        local = await self._subscribe_channel(channel)
+                        continue
+                    waiter = self.loop.create_future()
+                    local.waiters.append(waiter)
+                    item = await waiter
+                    waiter = None
+                    if item is None:  # woken to look at the buffer
+                        local.woken -= 1
+                        continue
+                    local.handed = False
+                # A dict is a group message decoded once for all members (_decode_once).
+                return item.copy() if type(item) is dict else self._deserialize(item)
         except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
             if local is not None:
                 self._forget_waiter(local, waiter)
-                if not local.waiters and self.channels.get(channel) is local:
+                if not local.in_use() and self.channels.get(channel) is local:
                     self._free_channel(local)
             raise
         except BaseException:
@@ -342,7 +399,15 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         try:
             local.waiters.remove(waiter)
         except ValueError:
-            # Already woken: hand the wake-up to the next receiver of this channel.
+            # Already woken. A message handed over goes back to the head of the buffer,
+            # and the wake-up passes to the next receiver of this channel.
+            if waiter.cancelled():
+                pass
+            elif waiter.result() is None:
+                local.woken -= 1
+            else:
+                local.handed = False
+                local.buffer.put_front(waiter.result())
             if local.buffer:
                 local.wake_one()
 
@@ -476,6 +541,7 @@ class _SubscriberProtocol(RedisProtocol):
         pending = self._pending
         last_name = None
         targets: tuple[_LocalChannel, ...] = ()
+        decode_once = self.shard.layer._decode_once
         dropped = 0
         try:
             while True:
@@ -488,13 +554,11 @@ class _SubscriberProtocol(RedisProtocol):
                         targets = self.targets(name)
                         last_name = name
                     payload = reply[2]
+                    if len(targets) > 1:
+                        payload = decode_once(payload)
                     for local in targets:
-                        buffer = local.buffer
-                        if buffer.full():
+                        if local.put(payload):
                             dropped += 1
-                        buffer.put_nowait(payload)
-                        if local.waiters:
-                            local.wake_one()
                     continue
                 if not pending:
                     self.abort(RedisConnectionError(f"Unexpected frame on a subscriber connection: {reply!r:.80}"))
@@ -571,8 +635,8 @@ class _Shard:
             protocol_factory=functools.partial(_SubscriberProtocol, shard=self),
         )
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        return await self.publisher.execute("PUBLISH", channel, data)
+    def publish(self, channel: str, data: bytes) -> Awaitable[int]:
+        return self.publisher.execute("PUBLISH", channel, data)
 
     async def subscribe(self, name: str) -> None:
         self.wanted.add(name)
@@ -619,7 +683,7 @@ class _Shard:
                 protocol = await self.subscriber.connect()
                 names = list(self.wanted)
                 # One command per name (see _SubscriberProtocol); they leave in one write.
-                await asyncio.gather(*[protocol.execute(("SUBSCRIBE", n)) for n in names])
+                await asyncio.gather(*protocol.execute_pipeline([("SUBSCRIBE", n) for n in names]))
                 if protocol.closed is None:
                     break
             except (RedisError, OSError) as exc:
