@@ -31,7 +31,7 @@ from .loop_connections import LoopConnections
 from .scripts import group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
-from .utils import _consistent_hash, _wrap_close, decode_hosts
+from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ RESERVED_KEY = "__asgi_channel__"
 #: Seconds popped work-queue messages wait in a local buffer for a receiver of this
 #: process before they are handed back to Redis for other processes.
 WORK_GRACE = 0.5
-#: How many validated channel names to remember (cleared when full).
-VALID_NAME_CACHE_SIZE = 16384
+#: How many channels' receive routes to remember (cleared when full).
+ROUTE_CACHE_SIZE = 16384
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -95,6 +95,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self.receive_event_loop: asyncio.AbstractEventLoop | None = None
         self.receive_lock = None  # kept for attribute compatibility; pumps need no lock
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        #: Channels with a message on its way to a receiver through its future.
+        self._handed_over: set[str] = set()
         self._key_receivers: dict[str, int] = {}
         # Work-queue channels only: the (score, member) each buffered message was popped
         # with, so messages handed back to Redis keep their place in the queue.
@@ -105,7 +107,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._next_sweep = 0.0
         self.reply_timeout = DEFAULT_REPLY_TIMEOUT
         self.stats_counters: collections.Counter[str] = collections.Counter()
-        self._valid_channels: set[str] = set()
+        self._valid_channels = ValidNames(self.require_valid_channel_name)
+        self._receive_routes: dict[str, tuple[str, str, bool]] = {}
         self._background: set[asyncio.Task] = set()
 
     def __str__(self) -> str:
@@ -130,17 +133,6 @@ class RedisChannelLayer(BaseChannelLayer):
     async def new_channel(self, prefix: str = "specific") -> str:
         return f"{prefix}.{self.client_prefix}!{uuid.uuid4().hex}"
 
-    def _require_channel(self, name: Any) -> None:
-        # channels' validation costs a few microseconds (regexes) on every call, and a
-        # consumer's channel name repeats for its whole life: remember the good ones.
-        # (send and receive test the cache inline before calling this.)
-        if type(name) is str and name in self._valid_channels:
-            return
-        self.require_valid_channel_name(name)
-        if len(self._valid_channels) >= VALID_NAME_CACHE_SIZE:
-            self._valid_channels.clear()
-        self._valid_channels.add(name)
-
     def _check_message(self, message: Any) -> None:
         # Explicit raises, not asserts: validation must survive ``python -O``.
         if not isinstance(message, dict):
@@ -152,7 +144,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- connections ----------------------------------------------------------------
     def _loop_connections(self) -> LoopConnections:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         state = self._layers.get(loop)
         if state is None or state.closed:
             state = LoopConnections(self.hosts, loop, self.reply_timeout)
@@ -215,7 +207,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Send a message onto a (general or specific) channel."""
         self._check_message(message)
         if type(channel) is not str or channel not in self._valid_channels:
-            self._require_channel(channel)
+            self._valid_channels.require(channel)
         bang = channel.find("!")
         if bang >= 0:
             message = dict(message)
@@ -253,8 +245,86 @@ class RedisChannelLayer(BaseChannelLayer):
         Cancelling it never loses a message: pops happen in the pump, and a message
         taken from a local buffer is returned with no await in between.
         """
-        if type(channel) is not str or channel not in self._valid_channels:
-            self._require_channel(channel)
+        route = self._receive_routes.get(channel) if type(channel) is str else None
+        if route is None:
+            route = self._receive_route(channel)
+        key, real_channel, general = route
+        buffer = self.receive_buffer.get(channel)
+        if buffer is not None and buffer.qsize():
+            return self._take(channel, buffer, general)
+        loop = running_loop()
+        if self.receive_count == 0:
+            self.receive_event_loop = loop
+        elif self.receive_event_loop is not loop:
+            raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
+        self.receive_count += 1
+        receivers = self._key_receivers
+        waiters = self._waiters
+        try:
+            while True:
+                waiter = loop.create_future()
+                queue = waiters.get(channel)
+                if queue is None:
+                    queue = waiters[channel] = []
+                queue.append(waiter)
+                others = receivers.get(key, 0)
+                receivers[key] = others + 1
+                cancelled = False
+                try:
+                    if general:
+                        if channel in self._giving_back:
+                            # Messages this process handed back are on their way to the
+                            # head of the queue: pop only after they are there, to keep
+                            # order.
+                            await asyncio.wait([self._giving_back[channel]])
+                        self._start_pumps(key, real_channel, loop)
+                    elif not others:
+                        # A process channel's pumps run while anyone waits on its key.
+                        self._start_pumps(key, real_channel, loop)
+                    message = await waiter
+                except (asyncio.CancelledError, GeneratorExit):
+                    if waiter.done() and not waiter.cancelled():
+                        # We were woken, maybe handed a message, but cancelled before
+                        # running: the message goes back to the head of the buffer and
+                        # the wake-up to the next receiver of this channel.
+                        if waiter.result() is not None:
+                            self._handed_over.discard(channel)
+                            self.receive_buffer[channel].put_front(waiter.result())
+                            self._buffer_touched[channel] = time.time()
+                        self._wake(channel, 1)
+                    cancelled = True
+                    raise
+                finally:
+                    left = receivers[key] - 1
+                    if left:
+                        receivers[key] = left
+                    else:
+                        del receivers[key]
+                    if len(queue) == 1:
+                        if waiters.get(channel) is queue:
+                            del waiters[channel]
+                    else:
+                        try:
+                            queue.remove(waiter)
+                        except ValueError:
+                            pass
+                    if cancelled and general:
+                        self._check_work_surplus(channel)
+                if message is not None:
+                    self._handed_over.discard(channel)
+                    self.stats_counters["received"] += 1
+                    return message
+                buffer = self.receive_buffer.get(channel)
+                if buffer is not None and buffer.qsize():
+                    return self._take(channel, buffer, general)
+        finally:
+            self.receive_count -= 1
+            if self.receive_count == 0:
+                self.receive_event_loop = None
+
+    def _receive_route(self, channel: Any) -> tuple[str, str, bool]:
+        """(Redis key, channel or its ``...!`` process part, is general) for receive()."""
+        self._valid_channels.require(channel)
         bang = channel.find("!")
         if bang >= 0:
             real_channel = channel[: bang + 1]
@@ -264,21 +334,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 )
         else:
             real_channel = channel
-        buffer = self.receive_buffer.get(channel)
-        if buffer is not None and buffer.qsize():
-            return self._take(channel, buffer, bang < 0)
-        loop = asyncio.get_running_loop()
-        if self.receive_count == 0:
-            self.receive_event_loop = loop
-        elif self.receive_event_loop is not loop:
-            raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
-        self.receive_count += 1
-        try:
-            return await self._wait_and_take(channel, real_channel, bang < 0, loop)
-        finally:
-            self.receive_count -= 1
-            if self.receive_count == 0:
-                self.receive_event_loop = None
+        route = (self.prefix + real_channel, real_channel, bang < 0)
+        routes = self._receive_routes
+        if len(routes) >= ROUTE_CACHE_SIZE:
+            routes.clear()
+        routes[channel] = route
+        return route
 
     def _take(self, channel: str, buffer: ChannelBuffer, general: bool) -> dict:
         # No await between taking a message and returning it: a cancellation can only
@@ -294,53 +355,6 @@ class RedisChannelLayer(BaseChannelLayer):
             self._work_scores.pop(channel, None)
         self.stats_counters["received"] += 1
         return message
-
-    async def _wait_and_take(
-        self, channel: str, real_channel: str, general: bool, loop: asyncio.AbstractEventLoop
-    ) -> dict:
-        key = self.prefix + real_channel
-        receivers = self._key_receivers
-        cancelled = False
-        while True:
-            buffer = self.receive_buffer.get(channel)
-            if buffer is not None and buffer.qsize():
-                return self._take(channel, buffer, general)
-            waiter = loop.create_future()
-            queue = self._waiters.get(channel)
-            if queue is None:
-                queue = self._waiters[channel] = []
-            queue.append(waiter)
-            receivers[key] = receivers.get(key, 0) + 1
-            try:
-                if general and channel in self._giving_back:
-                    # Messages this process handed back are on their way to the head
-                    # of the queue: pop only after they are there, to keep order.
-                    await asyncio.wait([self._giving_back[channel]])
-                self._start_pumps(key, real_channel, loop)
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    # We were woken for a message but cancelled before running:
-                    # hand the wake-up to the next receiver of this channel.
-                    self._wake(channel, 1)
-                cancelled = True
-                raise
-            finally:
-                left = receivers[key] - 1
-                if left:
-                    receivers[key] = left
-                else:
-                    del receivers[key]
-                if len(queue) == 1:
-                    if self._waiters.get(channel) is queue:
-                        del self._waiters[channel]
-                else:
-                    try:
-                        queue.remove(waiter)
-                    except ValueError:
-                        pass
-                if cancelled and general:
-                    self._check_work_surplus(channel)
 
     def _start_pumps(self, key: str, real_channel: str, loop: asyncio.AbstractEventLoop) -> None:
         state = self._layers.get(loop)
@@ -395,9 +409,11 @@ class RedisChannelLayer(BaseChannelLayer):
         touched, malformed, expired = demux_batch(
             flat, decode, self.receive_buffer, self.capacity, now - self.expiry
         )
-        self._after_batch(touched, malformed, expired, now)
+        self._after_batch(touched, malformed, expired, now, hand_over=True)
 
-    def _after_batch(self, touched: list, malformed: list, expired: int, now: float) -> None:
+    def _after_batch(
+        self, touched: list, malformed: list, expired: int, now: float, hand_over: bool = False
+    ) -> None:
         if malformed:
             self.stats_counters["malformed"] += len(malformed)
             for member, exc in malformed:
@@ -411,9 +427,27 @@ class RedisChannelLayer(BaseChannelLayer):
             self.stats_counters["expired"] += expired
         touched_at = self._buffer_touched
         buffers = self.receive_buffer
+        waiters = self._waiters
         for channel in touched:
+            buffer = buffers[channel]
+            queue = waiters.get(channel)
+            if queue:
+                if hand_over and channel not in self._handed_over:
+                    # Process channels: a waiting receiver gets its message through its
+                    # future, which saves it a trip through the buffer. One at a time, so
+                    # that a receiver cancelled before it runs can put its message back
+                    # at the head without reordering.
+                    for waiter in queue:
+                        if not waiter.done():
+                            waiter.set_result(buffer.get_nowait())
+                            self._handed_over.add(channel)
+                            break
+                    if not buffer.qsize():
+                        del buffers[channel]
+                        touched_at.pop(channel, None)
+                        continue
+                self._wake(channel, buffer.qsize())
             touched_at[channel] = now
-            self._wake(channel, buffers[channel].qsize())
         if now >= self._next_sweep:
             self._sweep_buffers(now)
 
@@ -519,7 +553,7 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- groups ---------------------------------------------------------------------
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
-        self._require_channel(channel)
+        self._valid_channels.require(channel)
         key = self._group_key(group)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
         await connection.execute_many(
@@ -528,7 +562,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
-        self._require_channel(channel)
+        self._valid_channels.require(channel)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
         await connection.execute("ZREM", self._group_key(group), channel)
 
