@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
@@ -157,3 +159,27 @@ def test_running_loop_follows_loops_and_threads():
         assert ours is asyncio_says, name
     with pytest.raises(RuntimeError):
         running_loop()
+
+
+def test_pubsub_proxy_methods_are_coroutine_functions_in_and_out_of_a_loop(redis_url):
+    layer = RedisPubSubChannelLayer(hosts=[redis_url])
+    names = ("new_channel", "send", "receive", "group_add", "group_discard", "group_send", "flush")
+    for name in names:
+        assert inspect.iscoroutinefunction(getattr(RedisPubSubChannelLayer, name)), name
+        assert inspect.iscoroutinefunction(getattr(layer, name)), name  # no running loop
+
+    async def in_a_loop() -> None:
+        for name in names:
+            method = getattr(layer, name)
+            assert inspect.iscoroutinefunction(method), name
+            assert method.__self__ is layer._get_layer(), name  # one frame, no forwarding
+        channel = await layer.new_channel()
+        receive = layer.receive  # bound once, as a consumer does
+        await layer.send(channel, {"type": "a"})
+        await layer.send(channel, {"type": "b"})
+        assert [await receive(channel), await receive(channel)] == [{"type": "a"}, {"type": "b"}]
+        await layer.close()
+
+    asyncio.run(in_a_loop())
+    # Unbound from any loop, the methods find the running loop's layer per call.
+    assert async_to_sync(layer.new_channel)().startswith("asgispecific.")
