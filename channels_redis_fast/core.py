@@ -41,6 +41,12 @@ RESERVED_KEY = "__asgi_channel__"
 #: Seconds popped work-queue messages wait in a local buffer for a receiver of this
 #: process before they are handed back to Redis for other processes.
 WORK_GRACE = 0.5
+#: Seconds between sweeps of local buffers nobody receives from.
+SWEEP_INTERVAL = 1.0
+#: A buffer emptied by a hand-over stays for its receiver's next wait (a new one per
+#: message costs ~5% of a group delivery) while there are at most this many buffers;
+#: the next sweep drops it if that receiver does not come back.
+KEEP_EMPTY_BUFFERS = 4096
 #: How many channels' receive routes to remember (cleared when full).
 ROUTE_CACHE_SIZE = 16384
 
@@ -265,8 +271,9 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiter = loop.create_future()
                 queue = waiters.get(channel)
                 if queue is None:
-                    queue = waiters[channel] = []
-                queue.append(waiter)
+                    queue = waiters[channel] = [waiter]
+                else:
+                    queue.append(waiter)
                 others = receivers.get(key, 0)
                 receivers[key] = others + 1
                 cancelled = False
@@ -289,6 +296,7 @@ class RedisChannelLayer(BaseChannelLayer):
                         # the wake-up to the next receiver of this channel.
                         if waiter.result() is not None:
                             self._handed_over.discard(channel)
+                            self.stats_counters["received"] -= 1  # counted when handed
                             self.receive_buffer[channel].put_front(waiter.result())
                             self._buffer_touched[channel] = time.time()
                         self._wake(channel, 1)
@@ -308,11 +316,12 @@ class RedisChannelLayer(BaseChannelLayer):
                             queue.remove(waiter)
                         except ValueError:
                             pass
-                    if cancelled and general:
-                        self._check_work_surplus(channel)
+                    if cancelled:
+                        if general:
+                            self._check_work_surplus(channel)
+                        self._drop_if_idle(channel)
                 if message is not None:
                     self._handed_over.discard(channel)
-                    self.stats_counters["received"] += 1
                     return message
                 buffer = self.receive_buffer.get(channel)
                 if buffer is not None and buffer.qsize():
@@ -428,11 +437,13 @@ class RedisChannelLayer(BaseChannelLayer):
         touched_at = self._buffer_touched
         buffers = self.receive_buffer
         waiters = self._waiters
+        handed_over = self._handed_over
+        handed = 0
         for channel in touched:
             buffer = buffers[channel]
             queue = waiters.get(channel)
             if queue:
-                if hand_over and channel not in self._handed_over:
+                if hand_over and channel not in handed_over:
                     # Process channels: a waiting receiver gets its message through its
                     # future, which saves it a trip through the buffer. One at a time, so
                     # that a receiver cancelled before it runs can put its message back
@@ -440,14 +451,18 @@ class RedisChannelLayer(BaseChannelLayer):
                     for waiter in queue:
                         if not waiter.done():
                             waiter.set_result(buffer.get_nowait())
-                            self._handed_over.add(channel)
+                            handed_over.add(channel)
+                            handed += 1
                             break
-                    if not buffer.qsize():
+                    if not buffer.qsize() and len(buffers) > KEEP_EMPTY_BUFFERS:
                         del buffers[channel]
                         touched_at.pop(channel, None)
                         continue
-                self._wake(channel, buffer.qsize())
+                if buffer.qsize():
+                    self._wake(channel, buffer.qsize())
             touched_at[channel] = now
+        if handed:
+            self.stats_counters["received"] += handed
         if now >= self._next_sweep:
             self._sweep_buffers(now)
 
@@ -538,15 +553,28 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiter.set_result(None)
                 count -= 1
 
+    def _drop_if_idle(self, channel: str) -> None:
+        """Forget an empty buffer nobody waits on (its consumer went away)."""
+        buffer = self.receive_buffer.get(channel)
+        if buffer is not None and not buffer.qsize() and channel not in self._waiters:
+            del self.receive_buffer[channel]
+            self._buffer_touched.pop(channel, None)
+            self._work_scores.pop(channel, None)
+
     def _sweep_buffers(self, now: float) -> None:
-        # Buffers of channels nobody receives on any more (a consumer that went away)
-        # hold only expired messages after ``expiry`` seconds: drop them, so memory
-        # does not grow with channel churn.
-        self._next_sweep = now + max(1.0, min(self.expiry, 30) / 2)
+        # Empty buffers nobody waits on, and buffers of channels nobody receives on any
+        # more (a consumer that went away) once they hold only expired messages: drop
+        # them, so memory does not grow with channel churn.
+        self._next_sweep = now + SWEEP_INTERVAL
         stale = now - self.expiry
+        buffers = self.receive_buffer
+        waiters = self._waiters
         for channel, touched in list(self._buffer_touched.items()):
-            if touched < stale and channel not in self._waiters:
-                self.receive_buffer.pop(channel, None)
+            if channel in waiters:
+                continue
+            buffer = buffers.get(channel)
+            if buffer is None or not buffer.qsize() or touched < stale:
+                buffers.pop(channel, None)
                 self._work_scores.pop(channel, None)
                 del self._buffer_touched[channel]
 

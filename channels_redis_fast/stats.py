@@ -85,7 +85,10 @@ async def layer_stats(layer: "RedisChannelLayer", groups: Iterable[str] | None =
     shards = await asyncio.gather(*[one_shard(index) for index in range(layer.ring_size)])
     counters = {name: 0 for name in CORE_COUNTERS}
     counters.update(layer.stats_counters)
-    buffers = {channel: buffer.qsize() for channel, buffer in list(layer.receive_buffer.items())}
+    # Only buffers holding messages: an emptied one may wait for its receiver's next wait.
+    buffers = {
+        channel: buffer.qsize() for channel, buffer in list(layer.receive_buffer.items()) if buffer.qsize()
+    }
     counters["dropped"] = sum(buffer.dropped for buffer in list(layer.receive_buffer.values()))
     counters["reconnects"] = sum(shard["reconnects"] for shard in shards)
     group_sizes: dict[str, int] = {}
