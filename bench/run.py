@@ -123,6 +123,9 @@ def progress_line(name: str, spec: wl.LayerSpec, result: dict) -> str:
     lat = result.get("latency") or {}
     if lat:
         parts.append(f"p50 {lat['p50_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms")
+    cpu = result.get("client_cpu")
+    if cpu is not None:
+        parts.append(f"client cpu {cpu:4.0%}")
     cpd = result.get("commands_per_delivery")
     if cpd is not None:
         parts.append(f"{cpd:6.2f} cmds/delivery")

@@ -315,6 +315,7 @@ class Workload:
         senders = [asyncio.ensure_future(_sender(flow, self.send_one)) for _ in range(self.senders)]
         try:
             start, delivered_at_start = perf_counter(), flow.delivered
+            cpu_start = time.process_time()
             probe.start()
             flow.recording = True
             if count is None:
@@ -323,6 +324,7 @@ class Workload:
                     task.result()  # a sender failed: raise it here
                 flow.recording = False
                 end, delivered = perf_counter(), flow.delivered
+                cpu_end = time.process_time()
                 flow.stop()
                 await asyncio.wait(senders, timeout=drain_timeout)
                 drained = await flow.wait_idle(drain_timeout)
@@ -334,6 +336,7 @@ class Workload:
                 drained = await flow.wait_idle(drain_timeout)
                 flow.recording = False
                 end, delivered = perf_counter(), flow.delivered
+                cpu_end = time.process_time()
                 commands = probe.stop()
         finally:
             flow.stop()
@@ -344,6 +347,9 @@ class Workload:
         measured = delivered - delivered_at_start
         return {
             "rate": measured / seconds if seconds > 0 else 0.0,
+            # Share of one core this (client) process used: near 1.0 means the layer's
+            # own Python is the bound; well below, it waits on Redis or the network.
+            "client_cpu": (cpu_end - cpu_start) / seconds if seconds > 0 else None,
             "deliveries": measured,
             "seconds": seconds,
             "messages_sent": flow.sent,
