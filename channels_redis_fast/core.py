@@ -27,20 +27,18 @@ from redis.exceptions import ResponseError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
+from .group_plan import GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
-from .scripts import group_send_script, send_script
+from .scripts import group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
+from .work_queue import RESERVED_KEY, GeneralChannelDelivery, WorkQueueReturns
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ChannelFull", "RedisChannelLayer"]
 
-RESERVED_KEY = "__asgi_channel__"
-#: Seconds popped work-queue messages wait in a local buffer for a receiver of this
-#: process before they are handed back to Redis for other processes.
-WORK_GRACE = 0.5
 #: Seconds between sweeps of local buffers nobody receives from.
 SWEEP_INTERVAL = 1.0
 #: A buffer emptied by a hand-over stays for its receiver's next wait (a new one per
@@ -51,7 +49,7 @@ KEEP_EMPTY_BUFFERS = 4096
 ROUTE_CACHE_SIZE = 16384
 
 
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     """Redis channel layer, a drop-in for ``channels_redis.core.RedisChannelLayer``."""
 
     #: Seconds one blocking pop may wait before it is renewed.
@@ -115,6 +113,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.stats_counters: collections.Counter[str] = collections.Counter()
         self._valid_channels = ValidNames(self.require_valid_channel_name)
         self._receive_routes: dict[str, tuple[str, str, bool]] = {}
+        self._group_plans = GroupPlans()
         self._background: set[asyncio.Task] = set()
 
     def __str__(self) -> str:
@@ -391,7 +390,7 @@ class RedisChannelLayer(BaseChannelLayer):
         pumps = []
         for index in range(self.ring_size):
             on_batch = (
-                _GeneralChannelDelivery(self, real_channel, key, index)
+                GeneralChannelDelivery(self, real_channel, key, index)
                 if general
                 else self._deliver_process_batch
             )
@@ -466,82 +465,6 @@ class RedisChannelLayer(BaseChannelLayer):
         if now >= self._next_sweep:
             self._sweep_buffers(now)
 
-    def _waiting(self, channel: str) -> int:
-        queue = self._waiters.get(channel)
-        return sum(1 for waiter in queue if not waiter.done()) if queue else 0
-
-    def _buffered(self, channel: str) -> int:
-        buffer = self.receive_buffer.get(channel)
-        return buffer.qsize() if buffer is not None else 0
-
-    def _check_work_surplus(self, channel: str) -> None:
-        """Schedule a give-back if a work queue holds more than its waiting receivers take."""
-        if self._buffered(channel) > self._waiting(channel) and channel not in self._give_back_timers:
-            self._give_back_timers[channel] = asyncio.get_running_loop().call_later(
-                WORK_GRACE, self._give_back_if_unclaimed, channel
-            )
-
-    def _give_back_if_unclaimed(self, channel: str) -> None:
-        self._give_back_timers.pop(channel, None)
-        if channel in self._waiters:
-            self._check_work_surplus(channel)
-        else:
-            self._return_buffered(channel)
-
-    def _return_buffered(self, channel: str) -> None:
-        # Nobody here received them within WORK_GRACE: put popped work-queue messages
-        # back in Redis for other processes rather than hold them for a receiver that
-        # may never come.
-        buffer = self.receive_buffer.pop(channel, None)
-        self._buffer_touched.pop(channel, None)
-        scores = self._work_scores.pop(channel, None)
-        if buffer is None or not buffer.qsize():
-            return
-        if scores is not None and len(scores) == buffer.qsize():
-            # The very bytes and scores they were popped with: they go back to the
-            # head of the queue, ahead of anything sent since.
-            by_shard: dict[int, list] = {}
-            for index, score, member in scores:
-                by_shard.setdefault(index, []).append((score, member))
-            returns = [
-                self._give_back(index, self.prefix + channel, pairs)
-                for index, pairs in by_shard.items()
-            ]
-            self._track_give_back(channel, returns)
-            return
-        now = time.time()  # pragma: no cover - only if the two ever disagree
-        pairs = [(now, self.serialize(buffer.get_nowait())) for _ in range(buffer.qsize())]
-        returned = self._give_back(next(self._send_index_generator), self.prefix + channel, pairs)
-        self._track_give_back(channel, [returned])
-
-    def _track_give_back(self, channel: str, returns: list) -> None:
-        done = asyncio.gather(*returns, return_exceptions=True)
-        self._giving_back[channel] = done
-
-        def forget(future: asyncio.Future) -> None:
-            if self._giving_back.get(channel) is future:
-                del self._giving_back[channel]
-
-        done.add_done_callback(forget)
-
-    def _give_back(self, index: int, key: str, pairs: list) -> asyncio.Future:
-        """ZADD popped (score, member) pairs back into a work queue, in the background."""
-        self.stats_counters["returned"] += len(pairs)
-        args: list = ["ZADD", key]
-        for score, member in pairs:
-            args.append(score)
-            args.append(member)
-        connection = self._loop_connections().commands[index]
-        task = asyncio.ensure_future(connection.execute(*args))
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-        return task
-
-    def _background_done(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Could not return messages to Redis: %s", task.exception())
-
     def _wake(self, channel: str, count: int) -> None:
         queue = self._waiters.get(channel)
         if not queue:
@@ -583,6 +506,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         key = self._group_key(group)
+        self._group_plans.pop(group, None)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
         await connection.execute_many(
             [("ZADD", key, time.time(), channel), ("EXPIRE", key, max(1, math.ceil(self.group_expiry)))]
@@ -591,61 +515,68 @@ class RedisChannelLayer(BaseChannelLayer):
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
+        self._group_plans.pop(group, None)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
         await connection.execute("ZREM", self._group_key(group), channel)
 
     async def group_send(self, group: str, message: dict) -> None:
-        """Send to every channel of a group: one read, then one script per shard."""
+        """Send to every channel of a group: one script when the group's plan is known
+        and on one shard (see group_plan.py), else one read, then one script per shard."""
         self.require_valid_group_name(group)
         self._check_message(message)
         state = self._loop_connections()
         key = self._group_key(group)
+        group_index = self.consistent_hash(group)
         now = time.time()
-        _, members = await state.commands[self.consistent_hash(group)].execute_many(
-            [
-                ("ZREMRANGEBYSCORE", key, "-inf", f"({now - self.group_expiry!r}"),
-                ("ZRANGE", key, 0, -1),
-            ]
+        group_cutoff = f"({now - self.group_expiry!r}"
+        plan = self._group_plans.get(group)
+        if plan is not None and plan.on_group_shard:
+            shard = plan.by_shard[group_index]
+            over = await group_send_known_script(
+                state.commands[group_index],
+                [key, *shard.keys],
+                [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
+                 *self._group_payloads(message, shard), *shard.capacities],
+            )
+            if over >= 0:
+                self._count_group_over(over, plan.member_count, group)
+                return
+            # The members changed since the plan was made: read them again.
+        _, members = await state.commands[group_index].execute_many(
+            [("ZREMRANGEBYSCORE", key, "-inf", group_cutoff), ("ZRANGE", key, 0, -1)]
         )
         if not members:
+            self._group_plans.pop(group, None)
             return
-        # Members living in one process share one message, as channels_redis bundles
-        # them: __asgi_channel__ lists every local channel it is for.
-        bundles: dict[str, tuple[int, list[str], int]] = {}
-        for raw in members:
-            name = raw.decode("utf-8")
-            bang = name.find("!")
-            target = name if bang < 0 else name[: bang + 1]
-            bundle = bundles.get(target)
-            if bundle is None:
-                bundles[target] = (self.consistent_hash(target), [name], self.get_capacity(name))
-            else:
-                bundle[1].append(name)
-        by_shard: dict[int, tuple[list, list, list]] = {}
-        for target, (index, names, capacity) in bundles.items():
-            copy = dict(message)
-            copy[RESERVED_KEY] = names
-            keys, payloads, capacities = by_shard.setdefault(index, ([], [], []))
-            keys.append(self.prefix + target)
-            payloads.append(self.serialize(copy))
-            capacities.append(capacity)
-        cutoff = now - self.expiry
+        plan = make_plan(members, group_index, self.prefix, self.consistent_hash, self.get_capacity)
+        self._group_plans.remember(group, plan)
         results = await asyncio.gather(
             *[
                 group_send_script(
                     state.commands[index],
-                    keys,
-                    [now, cutoff, self._key_ttl, *payloads, *capacities],
+                    shard.keys,
+                    [now, now - self.expiry, self._key_ttl,
+                     *self._group_payloads(message, shard), *shard.capacities],
                 )
-                for index, (keys, payloads, capacities) in by_shard.items()
+                for index, shard in plan.by_shard.items()
             ]
         )
-        over = sum(results)
+        self._count_group_over(sum(results), plan.member_count, group)
+
+    def _group_payloads(self, message: dict, shard: ShardPlan) -> list[bytes]:
+        # Members living in one process share one message, as channels_redis bundles
+        # them: __asgi_channel__ lists every local channel it is for.
+        payloads = []
+        for names in shard.names:
+            copy = dict(message)
+            copy[RESERVED_KEY] = names
+            payloads.append(self.serialize(copy))
+        return payloads
+
+    def _count_group_over(self, over: int, members: int, group: str) -> None:
         if over:
             self.stats_counters["group_over_capacity"] += over
-            logger.info(
-                "%s of %s channels over capacity in group %s", over, len(members), group
-            )
+            logger.info("%s of %s channels over capacity in group %s", over, members, group)
 
     # -- flush ----------------------------------------------------------------------
     async def flush(self) -> None:
@@ -653,6 +584,7 @@ class RedisChannelLayer(BaseChannelLayer):
         state = self._loop_connections()
         await asyncio.gather(*[self._flush_shard(c) for c in state.commands])
         self.receive_buffer.clear()
+        self._group_plans.clear()
         self._buffer_touched.clear()
         self._work_scores.clear()
         for timer in self._give_back_timers.values():
@@ -684,59 +616,6 @@ class RedisChannelLayer(BaseChannelLayer):
         channel = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?(?:\$inflight)?"
         group = rb":group:[a-zA-Z\d\-_.]+"
         return re.compile(prefix + rb"(?:" + channel + rb"|" + group + rb")\Z")
-
-
-class _GeneralChannelDelivery:
-    """Batch handler for a general (work-queue) channel on one shard.
-
-    Popped messages wait in the local buffer for this process's receivers; any that
-    no receiver claims within WORK_GRACE go back to Redis with their original score
-    and bytes, so other processes get them, in order.
-    """
-
-    __slots__ = ("layer", "channel", "key", "index")
-
-    def __init__(self, layer: RedisChannelLayer, channel: str, key: str, index: int) -> None:
-        self.layer = layer
-        self.channel = channel
-        self.key = key
-        self.index = index
-
-    def __call__(self, flat: list) -> None:
-        layer = self.layer
-        now = time.time()
-        cutoff = now - layer.expiry
-        buffer = layer.receive_buffer[self.channel]
-        malformed = []
-        expired = 0
-        scores = layer._work_scores.get(self.channel)
-        if scores is None:
-            scores = layer._work_scores[self.channel] = collections.deque()
-        for i in range(0, len(flat), 2):
-            member, score = flat[i], float(flat[i + 1])
-            if score < cutoff:
-                expired += 1
-                continue
-            try:
-                message = layer._serializer.deserialize(member)
-                if not isinstance(message, dict):
-                    raise ValueError(f"payload is a {type(message).__name__}, not a dict")
-            except Exception as exc:  # noqa: BLE001 - reported, never raised out of the batch
-                malformed.append((member, exc))
-                continue
-            message.pop(RESERVED_KEY, None)
-            if buffer.full() and scores:
-                scores.popleft()  # the buffer drops its oldest message too
-            buffer.put_nowait(message)
-            scores.append((self.index, score, member))
-        # More than the receivers waiting here (one was cancelled while its pop was on
-        # the wire): give it a moment to come back, then hand the rest back to Redis.
-        layer._check_work_surplus(self.channel)
-        touched = [self.channel] if buffer.qsize() else []
-        if not touched:
-            layer.receive_buffer.pop(self.channel, None)
-            layer._work_scores.pop(self.channel, None)
-        layer._after_batch(touched, malformed, expired, now)
 
 
 class _ReceiveBuffers(dict):

@@ -46,6 +46,32 @@ end
 return over
 """
 
+# As GROUP_SEND, after checking that the group still has the members a cached plan was
+# made from (see group_plan.py); returns -1, writing nothing, when it does not.
+# KEYS[1] group key, KEYS[2..n+1] channel keys
+# ARGV: group cutoff ("(score"), member digest, score, expiry cutoff, key ttl,
+#       member_1..member_n, capacity_1..capacity_n
+GROUP_SEND_KNOWN = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #members == 0 or redis.sha1hex(table.concat(members, '\\n')) ~= ARGV[2] then
+    return -1
+end
+local n = #KEYS - 1
+local over = 0
+for i = 1, n do
+    local key = KEYS[i + 1]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[4])
+    if redis.call('ZCARD', key) < tonumber(ARGV[5 + n + i]) then
+        redis.call('ZADD', key, ARGV[3], ARGV[5 + i])
+        redis.call('EXPIRE', key, ARGV[5])
+    else
+        over = over + 1
+    end
+end
+return over
+"""
+
 
 class Script:
     """A Lua script called with EVALSHA, falling back to EVAL on NOSCRIPT.
@@ -81,3 +107,4 @@ class Script:
 
 send_script = Script(SEND)
 group_send_script = Script(GROUP_SEND)
+group_send_known_script = Script(GROUP_SEND_KNOWN)

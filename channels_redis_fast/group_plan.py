@@ -1,0 +1,91 @@
+"""Where a group_send goes: destination keys, bundled channel names and capacities per shard.
+
+A plan is made from one read of the group's members. Members rarely change between two
+sends, so the core layer keeps the plan of each group it sends to, with a digest of the
+member list it was made from. While the group and every destination live on one shard,
+the next send is then one round trip instead of two: the GROUP_SEND_KNOWN script prunes
+the group, checks the digest against the members it finds (Lua's ``redis.sha1hex``) and
+writes only if they match; otherwise the layer reads the members again and makes a new
+plan. A group changed by any process, ours or a stock channels_redis one, is therefore
+never sent to from a stale plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable
+
+#: Groups whose plans a layer remembers (all are dropped when it is full).
+PLAN_CACHE_SIZE = 1024
+
+
+def member_digest(members: list[bytes]) -> str:
+    """What the script computes from ZRANGE: SHA-1 of the members joined by newlines.
+
+    Valid channel names have no newline, so the joined form is unambiguous.
+    """
+    return hashlib.sha1(b"\n".join(members)).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """The destinations on one shard: one key per process (or general channel)."""
+
+    keys: list[str]
+    #: Per key, the group's channels behind it (bundled into one message's
+    #: ``__asgi_channel__``, as channels_redis does).
+    names: list[list[str]]
+    capacities: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+    digest: str
+    member_count: int
+    by_shard: dict[int, ShardPlan]
+    #: Every destination is on the group's own shard: the one-script path applies.
+    on_group_shard: bool
+
+
+def make_plan(
+    members: list[bytes],
+    group_index: int,
+    prefix: str,
+    shard_of: Callable[[str], int],
+    capacity_of: Callable[[str], int],
+) -> GroupPlan:
+    """Bundle ``members`` (raw ZRANGE names) by process key and shard."""
+    bundles: dict[str, tuple[int, list[str], int]] = {}
+    for raw in members:
+        name = raw.decode("utf-8")
+        bang = name.find("!")
+        target = name if bang < 0 else name[: bang + 1]
+        bundle = bundles.get(target)
+        if bundle is None:
+            bundles[target] = (shard_of(target), [name], capacity_of(name))
+        else:
+            bundle[1].append(name)
+    by_shard: dict[int, ShardPlan] = {}
+    for target, (index, names, capacity) in bundles.items():
+        shard = by_shard.get(index)
+        if shard is None:
+            shard = by_shard[index] = ShardPlan([], [], [])
+        shard.keys.append(prefix + target)
+        shard.names.append(names)
+        shard.capacities.append(capacity)
+    return GroupPlan(
+        digest=member_digest(members),
+        member_count=len(members),
+        by_shard=by_shard,
+        on_group_shard=set(by_shard) == {group_index},
+    )
+
+
+class GroupPlans(dict):
+    """group name -> GroupPlan, bounded."""
+
+    def remember(self, group: str, plan: GroupPlan) -> None:
+        if len(self) >= PLAN_CACHE_SIZE and group not in self:
+            self.clear()
+        self[group] = plan
