@@ -106,6 +106,9 @@ class RedisProtocol(asyncio.Protocol):
         # (future, extra seconds this reply may take because the command blocks)
         self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         self._queued: list[Sequence[Arg]] = []
+        #: future -> a function called with its reply inside data_received (see
+        #: RedisConnection.execute_then).
+        self._on_reply: dict[asyncio.Future, Callable[[Any], None]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_reply = time.monotonic()
@@ -135,6 +138,8 @@ class RedisProtocol(asyncio.Protocol):
                 self.abort(RedisConnectionError("Unexpected reply from Redis"))
                 return
             future = pending.popleft()[0]
+            if self._on_reply:
+                self._run_on_reply(future, reply)
             # A cancelled caller's reply is consumed and dropped, keeping the stream
             # in step for everyone after it.
             if not future.done():
@@ -145,6 +150,14 @@ class RedisProtocol(asyncio.Protocol):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
+
+    def _run_on_reply(self, future: asyncio.Future, reply: Any) -> None:
+        hook = self._on_reply.pop(future, None)
+        if hook is not None and not future.done():
+            try:
+                hook(reply)
+            except Exception:  # pragma: no cover - a bug in the hook, never in the stream
+                logger.exception("A reply hook failed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = self.closed or RedisConnectionError(
@@ -250,6 +263,7 @@ class RedisProtocol(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
         self._queued.clear()
+        self._on_reply.clear()
         while self._pending:
             future = self._pending.popleft()[0]
             if not future.done():
@@ -299,6 +313,24 @@ class RedisConnection:
         if protocol is not None and protocol.closed is None:
             return protocol.execute(args, block)
         return self._execute_after_connect(args, block)
+
+    def execute_then(self, on_reply: Callable[[Any], None], *args: Arg) -> asyncio.Future | None:
+        """Send one command and call ``on_reply(reply)`` the moment its reply is parsed.
+
+        For a command whose reply decides what to send next (group_send's membership
+        check before it writes to other shards): the next commands leave from inside
+        ``data_received`` instead of a loop iteration later, when the awaiting task
+        would run, which under a fan-out load is behind hundreds of woken receivers.
+        The hook is not called when the caller was cancelled or the connection fails.
+        Returns None when not connected (the caller then goes the awaited way).
+        """
+        protocol = self.protocol
+        if protocol is None or protocol.closed is not None:
+            return None
+        future = protocol.execute(args)
+        if not future.done():
+            protocol._on_reply[future] = on_reply
+        return future
 
     def execute_many(self, commands: Sequence[Sequence[Arg]]) -> Any:
         """Send several commands in one write; returns an awaitable of all replies."""

@@ -27,9 +27,9 @@ from redis.exceptions import ResponseError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
-from .group_plan import GroupPlans, ShardPlan, make_plan
+from .group_plan import NO_DESTINATIONS, GroupPlan, GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
-from .scripts import group_send_known_script, group_send_script, send_script
+from .scripts import Script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
@@ -520,8 +520,9 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         await connection.execute("ZREM", self._group_key(group), channel)
 
     async def group_send(self, group: str, message: dict) -> None:
-        """Send to every channel of a group: one script when the group's plan is known
-        and on one shard (see group_plan.py), else one read, then one script per shard."""
+        """Send to every channel of a group. With a remembered plan (see group_plan.py):
+        one script on the group's shard that checks the members and writes that shard's
+        part, then one script per other destination shard. Otherwise one read first."""
         self.require_valid_group_name(group)
         self._check_message(message)
         state = self._loop_connections()
@@ -530,14 +531,15 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         now = time.time()
         group_cutoff = f"({now - self.group_expiry!r}"
         plan = self._group_plans.get(group)
-        if plan is not None and plan.on_group_shard:
-            shard = plan.by_shard[group_index]
-            over = await group_send_known_script(
-                state.commands[group_index],
-                [key, *shard.keys],
-                [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
-                 *self._group_payloads(message, shard), *shard.capacities],
-            )
+        if plan is not None:
+            shard = plan.by_shard.get(group_index, NO_DESTINATIONS)
+            keys = [key, *shard.keys]
+            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
+                    *self._group_payloads(message, shard), *shard.capacities]
+            if plan.on_group_shard:
+                over = await group_send_known_script(state.commands[group_index], keys, args)
+            else:
+                over = await self._send_known_across_shards(state, plan, message, now, group_index, keys, args)
             if over >= 0:
                 self._count_group_over(over, plan.member_count, group)
                 return
@@ -550,18 +552,76 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
             return
         plan = make_plan(members, group_index, self.prefix, self.consistent_hash, self.get_capacity)
         self._group_plans.remember(group, plan)
-        results = await asyncio.gather(
-            *[
-                group_send_script(
-                    state.commands[index],
-                    shard.keys,
-                    [now, now - self.expiry, self._key_ttl,
-                     *self._group_payloads(message, shard), *shard.capacities],
-                )
-                for index, shard in plan.by_shard.items()
-            ]
+        over = await self._send_to_shards(state, plan, message, now)
+        self._count_group_over(over, plan.member_count, group)
+
+    async def _send_to_shards(self, state: LoopConnections, plan: GroupPlan, message: dict, now: float) -> int:
+        """One bulk script per destination shard of ``plan``, in parallel; returns how
+        many destinations were at capacity."""
+        sends = [
+            group_send_script(state.commands[index], *self._shard_send(message, shard, now))
+            for index, shard in plan.by_shard.items()
+        ]
+        if len(sends) == 1:
+            return await sends[0]
+        return sum(await asyncio.gather(*sends))
+
+    async def _send_known_across_shards(
+        self,
+        state: LoopConnections,
+        plan: GroupPlan,
+        message: dict,
+        now: float,
+        group_index: int,
+        keys: list,
+        args: list,
+    ) -> int:
+        """A remembered plan with destinations off the group's shard: the checking script
+        on the group's shard first, then (only if the members matched) the other shards.
+
+        Those writes leave from the check's reply hook (see execute_then), inside the
+        read that parsed it, so the send costs about one loop iteration, not two.
+        Returns -1 when the members changed (nothing was written).
+        """
+        rest = [
+            (state.commands[index], *self._shard_send(message, shard, now))
+            for index, shard in plan.by_shard.items()
+            if index != group_index
+        ]
+        started: list = []
+
+        def send_rest(reply: Any) -> None:
+            if type(reply) is int and reply >= 0:
+                started.extend(_evalsha(connection, group_send_script, k, a) for connection, k, a in rest)
+
+        connection = state.commands[group_index]
+        check = connection.execute_then(
+            send_rest, "EVALSHA", group_send_known_script.sha, len(keys), *keys, *args
         )
-        self._count_group_over(sum(results), plan.member_count, group)
+        if check is None:  # not connected yet: the plain awaited way
+            over = await group_send_known_script(connection, keys, args)
+        else:
+            try:
+                over = await check
+            except ResponseError as exc:  # NOSCRIPT: EVAL, and the hook did not run
+                over = await group_send_known_script.after_error(exc, connection, keys, args)
+        if over < 0:
+            return over
+        if not started:
+            send_rest(over)
+        results = await asyncio.gather(*started, return_exceptions=True)
+        for (other, other_keys, other_args), result in zip(rest, results):
+            if isinstance(result, ResponseError):
+                result = await group_send_script.after_error(result, other, other_keys, other_args)
+            elif isinstance(result, BaseException):
+                raise result
+            over += result
+        return over
+
+    def _shard_send(self, message: dict, shard: ShardPlan, now: float) -> tuple[list, list]:
+        """(KEYS, ARGV) of the GROUP_SEND script for one shard's part of a plan."""
+        return shard.keys, [now, now - self.expiry, self._key_ttl,
+                            *self._group_payloads(message, shard), *shard.capacities]
 
     def _group_payloads(self, message: dict, shard: ShardPlan) -> list[bytes]:
         # Members living in one process share one message, as channels_redis bundles
@@ -628,6 +688,10 @@ class _ReceiveBuffers(dict):
     def __missing__(self, channel: str) -> ChannelBuffer:
         buffer = self[channel] = ChannelBuffer(self.capacity)
         return buffer
+
+
+def _evalsha(connection: RedisConnection, script: Script, keys: list, args: list) -> Any:
+    return connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def _glob_escape(text: str) -> str:

@@ -107,3 +107,53 @@ async def test_known_members_script_checks_the_digest_before_writing(redis_url):
     assert client.zrange("asgigeneral.work", 0, -1) == [b"m2"]
     client.delete(group_key, "asgispecific.p1!", "asgigeneral.work")
     await layer.close_pools()
+
+
+@pytest.mark.parametrize("other_kind", ["ours", "stock"])
+async def test_plan_over_several_shards_is_checked_before_any_shard_is_written(shard_urls, other_kind):
+    # "Processes" (layer instances) on three shards whose process keys hash to at least
+    # two shards, one of them not the group's: the plan has destinations off its shard.
+    layers = [RedisChannelLayer(hosts=shard_urls) for _ in range(5)]
+    group_shard = layers[0].consistent_hash("wide")
+
+    def shards():
+        return {layer.consistent_hash(f"specific.{layer.client_prefix}!") for layer in layers}
+
+    while len(shards() - {group_shard}) < 1 or len(shards()) < 2:
+        layers.append(RedisChannelLayer(hosts=shard_urls))
+    if other_kind == "ours":
+        other = RedisChannelLayer(hosts=shard_urls)
+    else:
+        other = StockLayer(hosts=[{"address": url, "socket_timeout": None} for url in shard_urls])
+    channels = [await layer.new_channel() for layer in layers]
+    for channel in channels:
+        await layers[0].group_add("wide", channel)
+    sender = layers[0]
+    await sender.group_send("wide", {"type": "m", "n": 1})
+    for layer, channel in zip(layers, channels):
+        assert await _receive(layer, channel) == {"type": "m", "n": 1}
+    plan = sender._group_plans["wide"]
+    assert not plan.on_group_shard and len(plan.by_shard) > 1
+
+    # From the remembered plan: no member read, everyone still gets it.
+    await sender.group_send("wide", {"type": "m", "n": 2})
+    for layer, channel in zip(layers, channels):
+        assert await _receive(layer, channel) == {"type": "m", "n": 2}
+    assert sender._group_plans["wide"] is plan
+
+    # Changed elsewhere: a member leaves, another joins. The stale plan writes nothing,
+    # so the one who left gets nothing and the newcomer gets exactly one copy.
+    newcomer = await other.new_channel()
+    await other.group_add("wide", newcomer)
+    await other.group_discard("wide", channels[1])
+    await sender.group_send("wide", {"type": "m", "n": 3})
+    assert await _receive(other, newcomer) == {"type": "m", "n": 3}
+    for index, (layer, channel) in enumerate(zip(layers, channels)):
+        if index == 1:
+            await _nothing(layer, channel)
+        else:
+            assert await _receive(layer, channel) == {"type": "m", "n": 3}
+    await _nothing(other, newcomer)
+    assert sender._group_plans["wide"] is not plan
+    for layer in (*layers, other):
+        await layer.flush()
