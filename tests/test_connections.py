@@ -163,3 +163,28 @@ async def test_idle_receive_outlives_redis_py_default_socket_timeout(redis_url):
     assert await asyncio.wait_for(tasks[0], 5) == {"late": 1}
     assert await asyncio.wait_for(tasks[1], 5) == {"late": 2}
     await layer.flush()
+
+
+async def test_reply_hook_runs_before_the_awaiting_caller_and_not_after_a_cancel(redis_url):
+    layer = RedisChannelLayer(hosts=[redis_url])
+    connection = layer.connection(0)
+    assert connection.execute_then(print, "PING") is None  # not connected: no hook taken
+    await connection.execute("PING")
+    seen = []
+
+    def hook(reply):
+        # Runs inside the read that parsed the reply: the caller has not seen it yet, and
+        # a command sent from here goes out at once.
+        seen.append((reply, future.done()))
+        seen.append(connection.execute("INCR", "hooked"))
+
+    future = connection.execute_then(hook, "INCR", "hooked")
+    assert await future == 1
+    assert seen[0] == (1, False)
+    assert await seen[1] == 2
+
+    cancelled = connection.execute_then(seen.append, "INCR", "hooked")
+    cancelled.cancel()
+    assert await connection.execute("GET", "hooked") == b"3"  # the command still ran
+    assert len(seen) == 2 and not connection.protocol._on_reply
+    await layer.flush()
