@@ -1,11 +1,12 @@
 """Side-by-side end-to-end benchmark: channels_redis_fast against channels_redis 4.3.
 
-    python bench/run.py                      # everything, ~2-3 s per layer per workload
-    python bench/run.py --quick              # shorter runs, smaller churn
+    python bench/run.py                      # everything: 3 runs of ~2.5 s per layer per workload
+    python bench/run.py --quick              # one shorter run each, smaller churn
     python bench/run.py --workloads stream,group_fanout --out /tmp/bench
 
 All layers run in this one process, one after another, on private Redis servers started
-here (and stopped at exit). Results: a table on stdout, ``results.json`` and
+here (and stopped at exit). Each workload runs round the layers ``--repeat`` times and
+reports each layer's median run: on a shared 2-core machine one run can be 1.5x off. Results: a table on stdout, ``results.json`` and
 ``results.png`` in ``--out`` (default ``bench-results/``). The memory churn runs in one
 child process per layer, so each gets a clean RSS.
 """
@@ -117,8 +118,19 @@ def run_one(name: str, spec: wl.LayerSpec, servers: list, args) -> dict:
     return result
 
 
-def progress_line(name: str, spec: wl.LayerSpec, result: dict) -> str:
-    head = f"  {name:<17} {spec.name:<12}"
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median rate, with every run's rate beside it."""
+    ok = [r for r in runs if not r.get("error")]
+    if not ok:
+        return runs[0]
+    ordered = sorted(ok, key=lambda r: r["rate"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rates"] = [r["rate"] for r in ok]
+    return chosen
+
+
+def progress_line(name: str, spec: wl.LayerSpec, result: dict, repeat: int = 0, repeats: int = 1) -> str:
+    head = f"  {name:<17} {spec.name:<12}" + (f" {repeat + 1}/{repeats}" if repeats > 1 else "")
     if result.get("error"):
         return f"{head} ERROR {result['error']}"
     parts = [f"{fmt_rate(result['rate']):>8} msg/s"]
@@ -276,13 +288,18 @@ def parse_args(argv=None):
                         ",memory")
     parser.add_argument("--layers", default="", help="comma list of layers (default: every importable one)")
     parser.add_argument("--out", default="bench-results", help="directory for results.json and results.png")
-    parser.add_argument("--duration", type=float, default=None, help="measured seconds per run (default 2.5)")
+    parser.add_argument("--duration", type=float, default=None, help="measured seconds per run (default 2)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per layer and workload, the median reported (default 3; --quick 1)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per run (default 0.5)")
     parser.add_argument("--memory-channels", type=int, default=None, help="channels in the churn (default 100000)")
     parser.add_argument("--memory-child", nargs=3, metavar=("LAYER", "URL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration is None:
-        args.duration = 1.0 if args.quick else 2.5
+        args.duration = 1.0 if args.quick else 2.0
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    args.repeat = max(1, args.repeat)
     if args.warmup is None:
         args.warmup = 0.3 if args.quick else 0.5
     if args.memory_channels is None:
@@ -321,7 +338,8 @@ def main(argv=None) -> int:
             f"{machine['channels_redis']}; redis-py {machine['redis_py']}; hiredis {machine['hiredis']}")
         log(f"layers: {', '.join(s.name for s in layers)}"
             + "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
-        log(f"runs: {args.warmup} s warm-up + {args.duration} s measured per layer per workload; "
+        log(f"runs: {args.warmup} s warm-up + {args.duration} s measured, {args.repeat}x per layer per "
+            f"workload (round the layers; the median is reported); "
             f"private Redis on {', '.join(str(s.port) for s in servers)}")
         log("=" * 100)
         results: dict = {}
@@ -329,13 +347,19 @@ def main(argv=None) -> int:
             if name == "memory":
                 continue
             cls = wl.WORKLOADS[name]
-            results[name] = {}
-            for spec in layers:
-                if spec.kind == "pubsub" and not cls.pubsub_ok:
-                    continue
-                result = run_one(name, spec, servers, args)
-                results[name][spec.name] = result
-                log(progress_line(name, spec, result))
+            specs = [s for s in layers if s.kind != "pubsub" or cls.pubsub_ok]
+            runs: dict[str, list[dict]] = {s.name: [] for s in specs}
+            # Repetitions go round the layers, so a slow spell of this shared machine
+            # hits every layer alike, and the median run of each layer is reported.
+            for repeat in range(args.repeat):
+                for spec in specs:
+                    done = runs[spec.name]
+                    if done and (done[0].get("error") or not done[0]["rate"]):
+                        continue  # failed or delivered nothing: once is enough
+                    result = run_one(name, spec, servers, args)
+                    done.append(result)
+                    log(progress_line(name, spec, result, repeat, args.repeat))
+            results[name] = {layer: median_run(done) for layer, done in runs.items()}
 
         memory = {}
         if "memory" in wanted:
@@ -357,11 +381,14 @@ def main(argv=None) -> int:
         log("\n" + "=" * 100)
         log(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['python']}, "
             f"redis-server {machine['redis_server']}, implementation: {machine['implementation']}")
-        log("messages (deliveries) per second; ratios are ours-core over the other layer, same run\n")
+        log("messages (deliveries) per second, median of the runs; ratios are ours-core over the "
+            "other layer, same run\n")
         log(text)
         data = {
             "machine": machine,
-            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "capacity": wl.BENCH_CAPACITY,
+            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
+                         "reported": "the run with the median rate; 'rates' lists every run's",
+                         "capacity": wl.BENCH_CAPACITY,
                          "channel_full_policy": "counted, retried after 1 ms, same for every layer",
                          "memory_channels": args.memory_channels},
             "layers": {s.name: s.label for s in layers},
