@@ -316,8 +316,9 @@ def demux_batch(
     ``flat`` is ``[member0, score0, member1, score1, ...]``. Members scored below
     ``cutoff`` are counted as expired and skipped. Each remaining member is decoded and
     delivered to the channel(s) named by its ``__asgi_channel__`` key, which is removed;
-    a list target gives the first channel the decoded dict and every further one its own
-    shallow copy, so one consumer mutating its message cannot affect another. An int
+    a list target gives every channel that same decoded dict (the layer copies each
+    message as a receiver takes it, so one consumer mutating its message cannot affect
+    another, and a group delivery allocates nothing per member up front). An int
     ``decode`` is a prefix length and means ``unpack_message(member, decode)`` (plain
     msgpack, no encryption), which the compiled twin runs without a Python call. Missing
     buffers are created with ``maxsize``. A payload that fails to decode or route is
@@ -361,15 +362,11 @@ def demux_batch(
         target = msg.pop(_CHANNEL_KEY)
         if isinstance(target, str):
             target = (target,)
-        first = True
         for channel in target:
-            # The first channel gets the decoded dict, every further one its own copy.
-            item = msg if first else dict(msg)
-            first = False
             buf = buffers.get(channel)
             if buf is None:
                 buf = buffers[channel] = ChannelBuffer(maxsize)
-            buf.put_nowait(item)
+            buf.put_nowait(msg)
             if channel not in seen:
                 seen.add(channel)
                 touched.append(channel)

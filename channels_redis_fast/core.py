@@ -320,8 +320,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                             self._check_work_surplus(channel)
                         self._drop_if_idle(channel)
                 if message is not None:
+                    # Only process channels hand over, and their messages are shared
+                    # (see _take).
                     self._handed_over.discard(channel)
-                    return message
+                    return dict(message)
                 buffer = self.receive_buffer.get(channel)
                 if buffer is not None and buffer.qsize():
                     return self._take(channel, buffer, general)
@@ -357,6 +359,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
             scores = self._work_scores.get(channel)
             if scores:
                 scores.popleft()
+        else:
+            # Channels of one process share the dict of a bundled group message
+            # (demux_batch): each receiver gets its own copy as it takes one.
+            message = dict(message)
         if not buffer.qsize() and channel not in self._waiters:
             del self.receive_buffer[channel]
             self._buffer_touched.pop(channel, None)

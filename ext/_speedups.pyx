@@ -547,7 +547,7 @@ def demux_batch(flat, decode, object buffers not None, Py_ssize_t maxsize, doubl
     cdef dict by_channel = <dict>buffers
     cdef list pairs = flat if PyList_CheckExact(flat) else list(flat)
     cdef Py_ssize_t count = len(pairs)
-    cdef Py_ssize_t i, j, n_targets
+    cdef Py_ssize_t i, j
     cdef int verdict
     cdef list touched = []
     cdef set seen = set()
@@ -589,12 +589,10 @@ def demux_batch(flat, decode, object buffers not None, Py_ssize_t maxsize, doubl
         if PyUnicode_Check(target):
             _deliver(by_channel, target, msg, maxsize, touched, seen)
         else:
-            # Validated above as a non-empty list of str. Further channels get their own
-            # shallow copy so one consumer mutating its message cannot affect another.
-            n_targets = len(<list>target)
-            _deliver(by_channel, (<list>target)[0], msg, maxsize, touched, seen)
-            for j in range(1, n_targets):
-                _deliver(by_channel, (<list>target)[j], dict(<dict>msg), maxsize, touched, seen)
+            # Validated above as a non-empty list of str. Every channel gets the same
+            # dict: the layer copies it as each receiver takes it (see the pure twin).
+            for j in range(len(<list>target)):
+                _deliver(by_channel, (<list>target)[j], msg, maxsize, touched, seen)
     return touched, malformed, expired
 
 

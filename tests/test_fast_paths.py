@@ -183,3 +183,30 @@ def test_pubsub_proxy_methods_are_coroutine_functions_in_and_out_of_a_loop(redis
     asyncio.run(in_a_loop())
     # Unbound from any loop, the methods find the running loop's layer per call.
     assert async_to_sync(layer.new_channel)().startswith("asgispecific.")
+
+
+@pytest.mark.parametrize("waiting", [True, False], ids=["handed-over", "from-buffer"])
+async def test_core_group_members_of_one_process_each_get_their_own_message(redis_url, waiting):
+    # The members share one bundled message in Redis and one decoded dict in the local
+    # buffers; each receiver must still get a dict of its own.
+    layer = RedisChannelLayer(hosts=[redis_url])
+    members = [await layer.new_channel() for _ in range(3)]
+    for channel in members:
+        await layer.group_add("room", channel)
+    message = {"type": "chat.message", "text": "hello", "n": 1}
+    if waiting:
+        receives = [asyncio.ensure_future(layer.receive(channel)) for channel in members]
+        await asyncio.sleep(0.05)
+        await layer.group_send("room", message)
+        got = await asyncio.wait_for(asyncio.gather(*receives), 5)
+    else:
+        await layer.group_send("room", message)
+        await _receive(layer, members[0])  # starts the pump: the others are buffered
+        await layer.group_send("room", message)
+        await asyncio.sleep(0.05)
+        got = [await _receive(layer, channel) for channel in members]
+    assert all(m == message for m in got)
+    assert len({id(m) for m in got}) == 3
+    got[0]["type"] = "changed"
+    assert got[1] == message and got[2] == message
+    await layer.flush()

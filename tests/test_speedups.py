@@ -409,8 +409,8 @@ def test_demux_routes_str_and_list_targets(impl):
     second = existing.get_nowait()
     third = buffers["p!c"].get_nowait()
     assert first == second == third == {"type": "two"}
-    # Every further channel of a bundle gets its own copy.
-    assert first is not second and second is not third
+    # Every channel of a bundle gets the same dict: the layer copies on take.
+    assert first is second is third
 
 
 def test_demux_counts_expired_by_score(impl):
