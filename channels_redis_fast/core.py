@@ -444,6 +444,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         waiters = self._waiters
         handed_over = self._handed_over
         handed = 0
+        # Checked once per batch: deleting only ever brings the count down.
+        keep_emptied = len(buffers) <= KEEP_EMPTY_BUFFERS
         for channel in touched:
             buffer = buffers[channel]
             queue = waiters.get(channel)
@@ -459,12 +461,15 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                             handed_over.add(channel)
                             handed += 1
                             break
-                    if not buffer.qsize() and len(buffers) > KEEP_EMPTY_BUFFERS:
+                    left = buffer.qsize()
+                    if not left and not keep_emptied:
                         del buffers[channel]
                         touched_at.pop(channel, None)
                         continue
-                if buffer.qsize():
-                    self._wake(channel, buffer.qsize())
+                else:
+                    left = buffer.qsize()
+                if left:
+                    self._wake(channel, left)
             touched_at[channel] = now
         if handed:
             self.stats_counters["received"] += handed
