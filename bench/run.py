@@ -6,9 +6,10 @@
 
 All layers run in this one process, one after another, on private Redis servers started
 here (and stopped at exit). Each workload runs round the layers ``--repeat`` times and
-reports each layer's median run: on a shared 2-core machine one run can be 1.5x off. Results: a table on stdout, ``results.json`` and
-``results.png`` in ``--out`` (default ``bench-results/``). The memory churn runs in one
-child process per layer, so each gets a clean RSS.
+reports each layer's median run: a shared 2-core machine changes speed by up to 2x for
+seconds at a time. Results: a table on stdout, ``results.json`` and ``results.png`` in
+``--out`` (default ``bench-results/``). The memory churn runs in one child process per
+layer, so each gets a clean RSS.
 """
 
 from __future__ import annotations
