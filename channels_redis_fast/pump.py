@@ -157,6 +157,11 @@ class KeyPump:
                 except Exception:  # pragma: no cover - a bug, but never kill the pump
                     logger.exception("Delivering a batch from %s failed", self.description)
                     await asyncio.sleep(RETRY_MAX)
+                # Let the receivers this batch woke run before ``wanted()`` is read again:
+                # until they do, they still count as waiting, and popping another batch
+                # for them would push a slow consumer's buffer past its bound, dropping
+                # the oldest messages it had not read yet.
+                await asyncio.sleep(0)
 
     async def _unblock(self) -> None:
         if self.control is not None and self.client_id is not None:
