@@ -11,11 +11,29 @@ import importlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-import channels_redis_fast
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _drop_source_tree_from_path() -> None:
+    # `python -m pytest` (and some IDE runners) put the working directory first on
+    # sys.path, which would import the checkout's channels_redis_fast (never compiled
+    # in place) instead of the installed one: the suite always tests what pip installed.
+    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _REPO_ROOT]
+
+
+_drop_source_tree_from_path()
+try:
+    import channels_redis_fast
+except ImportError as exc:  # pragma: no cover - a setup error, reported plainly
+    raise pytest.UsageError(
+        f"channels_redis_fast is not installed in {sys.prefix} ({exc}); "
+        "run `make test` once, or `pip install '.[tests]'`"
+    ) from exc
 from channels_redis_fast.speedups import NO_EXTENSIONS
 from channels_redis_fast.testing import (
     INSTALL_HINT,
@@ -28,8 +46,6 @@ from channels_redis_fast.testing import (
 SENTINEL_MASTER_NAME = "mymaster"
 SENTINEL_PASSWORD = "crf-sentinel-pw"
 SHARD_COUNT = 3
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_report_header(config):
@@ -161,3 +177,25 @@ def fresh_redis():
     server = _start(RedisServer)
     yield server
     server.close()
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+async def until(predicate, timeout: float = 5.0, what: str = "the condition"):
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds.
+
+    For waiting on a state another connection brings about (a subscriber socket, a
+    server); the bound only turns a hang into a failure, it never decides a result.
+    """
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)

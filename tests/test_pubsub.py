@@ -16,6 +16,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer as AnchorPubSubLayer
 
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.utils import _consistent_hash
+from conftest import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -163,7 +164,11 @@ async def test_bounded_buffer_drops_oldest_and_counts(redis_url, caplog):
         with caplog.at_level(logging.WARNING, logger="channels_redis_fast.pubsub"):
             for i in range(20):
                 await layer.send(channel, {"type": "m", "i": i})
-            await layer.send(channel, {"type": "m", "i": "flush"})  # a round trip after them
+            await layer.send(channel, {"type": "m", "i": "flush"})
+            # The subscriber reads on its own socket: wait until all 21 have arrived there
+            # (16 of them pushed out) before the first receive, which would otherwise take
+            # whatever had arrived so far.
+            await until(lambda: layer.dropped == 16, 10, "21 messages at the subscriber")
             received = [(await _receive(layer, channel))["i"] for _ in range(5)]
         # The newest survive; the flush marker is the newest of all.
         assert received == list(range(16, 20)) + ["flush"]
@@ -174,10 +179,7 @@ async def test_bounded_buffer_drops_oldest_and_counts(redis_url, caplog):
         tiny = await layer.new_channel(prefix="tiny.")
         for i in range(4):
             await layer.send(tiny, {"type": "m", "i": i})
-        for _ in range(50):
-            if layer.channels[tiny].buffer.dropped == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: layer.channels[tiny].buffer.dropped == 2, 10, "4 messages at the subscriber")
         assert [(await _receive(layer, tiny))["i"] for _ in range(2)] == [2, 3]
         assert layer.dropped == 18
     finally:
