@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import math
@@ -168,7 +169,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         state = self._layers.pop(loop, None)
         if state is not None:
-            await state.close()
+            await state.close(after_pumps=functools.partial(self._return_all_work, state.commands))
 
     async def close_pools(self) -> None:
         """Close every socket this layer holds; it reconnects lazily if used again."""
@@ -176,7 +177,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         for loop, state in list(self._layers.items()):
             del self._layers[loop]
             if loop is current:
-                await state.close()
+                await state.close(after_pumps=functools.partial(self._return_all_work, state.commands))
             elif loop.is_closed() or not loop.is_running():
                 state.close_nowait()
             else:

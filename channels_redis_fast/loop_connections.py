@@ -10,10 +10,13 @@ callers.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+import logging
+from typing import Any, Awaitable, Callable
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, describe_host, make_pool
 from .pump import KeyPump
+
+logger = logging.getLogger(__name__)
 
 
 class LoopConnections:
@@ -65,8 +68,12 @@ class LoopConnections:
             self.pumps[(key, index)] = pump
         return pump
 
-    async def close(self) -> None:
-        """Stop the pumps cleanly (no pop abandoned mid-reply), then close every socket."""
+    async def close(self, after_pumps: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Stop the pumps cleanly (no pop abandoned mid-reply), then close every socket.
+
+        ``after_pumps`` runs between the two, while the command connections are still
+        open: the layer hands back there what the last pops brought in and nobody took.
+        """
         if self.closed:
             return
         self.closed = True
@@ -75,6 +82,11 @@ class LoopConnections:
             *[pump.stop() for _, pump in pumps],
             return_exceptions=True,
         )
+        if after_pumps is not None:
+            try:
+                await after_pumps()
+            except Exception:  # noqa: BLE001 - the sockets must close whatever happened
+                logger.exception("Cleanup before closing the connections failed")
         for _, pump in pumps:
             await pump.connection.close()
         for connection in self.commands:

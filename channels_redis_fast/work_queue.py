@@ -48,7 +48,23 @@ class WorkQueueReturns:
         else:
             self._return_buffered(channel)
 
-    def _return_buffered(self, channel: str) -> None:
+    async def _return_all_work(self, commands: list) -> None:
+        """Hand every buffered work-queue message back to Redis, and wait until it is there.
+
+        Runs when a loop's connections close (close_pools, or the loop itself closing, as
+        at the end of ``runworker`` or ``async_to_sync``): the last pops may have brought
+        messages that no receiver took, and the give-back timer would never fire.
+        """
+        for channel in [name for name in self.receive_buffer if "!" not in name]:
+            timer = self._give_back_timers.pop(channel, None)
+            if timer is not None:
+                timer.cancel()
+            self._return_buffered(channel, commands)
+        pending = list(self._giving_back.values())
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _return_buffered(self, channel: str, commands: list | None = None) -> None:
         # Nobody here received them within WORK_GRACE: put popped work-queue messages
         # back in Redis for other processes rather than hold them for a receiver that
         # may never come.
@@ -64,14 +80,14 @@ class WorkQueueReturns:
             for index, score, member in scores:
                 by_shard.setdefault(index, []).append((score, member))
             returns = [
-                self._give_back(index, self.prefix + channel, pairs)
+                self._give_back(index, self.prefix + channel, pairs, commands)
                 for index, pairs in by_shard.items()
             ]
             self._track_give_back(channel, returns)
             return
         now = time.time()  # pragma: no cover - only if the two ever disagree
         pairs = [(now, self.serialize(buffer.get_nowait())) for _ in range(buffer.qsize())]
-        returned = self._give_back(next(self._send_index_generator), self.prefix + channel, pairs)
+        returned = self._give_back(next(self._send_index_generator), self.prefix + channel, pairs, commands)
         self._track_give_back(channel, [returned])
 
     def _track_give_back(self, channel: str, returns: list) -> None:
@@ -84,14 +100,18 @@ class WorkQueueReturns:
 
         done.add_done_callback(forget)
 
-    def _give_back(self, index: int, key: str, pairs: list) -> asyncio.Future:
-        """ZADD popped (score, member) pairs back into a work queue, in the background."""
+    def _give_back(self, index: int, key: str, pairs: list, commands: list | None = None) -> asyncio.Future:
+        """ZADD popped (score, member) pairs back into a work queue, in the background.
+
+        ``commands``: the connections to use, when the loop's are closing (not yet
+        closed, but no longer the loop's current set).
+        """
         self.stats_counters["returned"] += len(pairs)
         args: list = ["ZADD", key]
         for score, member in pairs:
             args.append(score)
             args.append(member)
-        connection = self._loop_connections().commands[index]
+        connection = (commands or self._loop_connections().commands)[index]
         task = asyncio.ensure_future(connection.execute(*args))
         self._background.add(task)
         task.add_done_callback(self._background_done)
