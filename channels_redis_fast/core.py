@@ -191,12 +191,13 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         elif not receiving.is_closed():
             receiving.call_soon_threadsafe(self._fail_waiters)
 
-    def _fail_waiters(self) -> None:
+    def _fail_waiters(self, error: BaseException | None = None) -> None:
+        """Make every waiting receive() raise ``error`` (a pump cannot serve them)."""
         for queue in list(self._waiters.values()):
             for waiter in queue:
                 if not waiter.done():
                     waiter.set_exception(
-                        RedisConnectionError("The channel layer's connections were closed")
+                        error or RedisConnectionError("The channel layer's connections were closed")
                     )
 
     async def wait_received(self) -> None:
@@ -408,6 +409,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 on_batch,
                 self.brpop_timeout,
                 batch,
+                self._fail_waiters,
             )
             pump.ensure_running()
             pumps.append(pump)

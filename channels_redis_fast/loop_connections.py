@@ -47,6 +47,7 @@ class LoopConnections:
         on_batch: Callable[[list], None],
         block: float,
         batch: int,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> KeyPump:
         pump = self.pumps.get((key, index))
         if pump is None:
@@ -64,6 +65,7 @@ class LoopConnections:
                 batch,
                 description=f"{key} on {describe_host(self.hosts[index])}",
                 control=self.commands[index],
+                on_error=on_error,
             )
             self.pumps[(key, index)] = pump
         return pump

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,6 +41,7 @@ class KeyPump:
         batch: int,
         description: str = "",
         control: RedisConnection | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.connection = connection
         # A second connection to the same server, to send CLIENT UNBLOCK on.
@@ -55,6 +57,9 @@ class KeyPump:
         self.client_id: int | None = None
         self._client_id_of = -1  # connection.connects when client_id was read
         self.errors = 0
+        # Told of an error that waiting will not cure (a wrong host option, a wrong
+        # password), so the receivers raise it instead of waiting forever.
+        self.on_error = on_error
 
     @property
     def running(self) -> bool:
@@ -129,6 +134,9 @@ class KeyPump:
             try:
                 # batch <= 0: a shared work queue, take one per waiting receiver.
                 flat = await self._pop(self.batch if self.batch > 0 else wanted)
+            except AuthenticationError as exc:
+                self._fail(exc)
+                return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.errors += 1
                 if self.errors == 1 or self.errors % 50 == 0:
@@ -147,6 +155,9 @@ class KeyPump:
                 logger.error("Redis refused a receive on %s: %s", self.description, exc)
                 await asyncio.sleep(RETRY_MAX)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a host option redis-py refused
+                self._fail(exc)
+                return
             if self.errors:
                 logger.info("Receive from %s works again", self.description)
                 self.errors = 0
@@ -162,6 +173,11 @@ class KeyPump:
                 # for them would push a slow consumer's buffer past its bound, dropping
                 # the oldest messages it had not read yet.
                 await asyncio.sleep(0)
+
+    def _fail(self, exc: BaseException) -> None:
+        logger.error("Cannot receive from %s: %s: %s", self.description, type(exc).__name__, exc)
+        if self.on_error is not None:
+            self.on_error(exc)
 
     async def _unblock(self) -> None:
         if self.control is not None and self.client_id is not None:
