@@ -197,10 +197,13 @@ class RedisProtocol(asyncio.Protocol):
             self._arm_watchdog()
         return future
 
-    def execute_pipeline(self, commands: Sequence[Sequence[Arg]], block: float = 0.0) -> list[asyncio.Future]:
+    def execute_pipeline(
+        self, commands: Sequence[Sequence[Arg]], block: float = 0.0, blocking: int = 0
+    ) -> list[asyncio.Future]:
         """Queue commands that go out in one write; a future per reply.
 
-        ``block`` is the blocking time of the first command (BZPOPMIN before ZPOPMIN).
+        ``block`` is the blocking time of the command at index ``blocking`` (the
+        BZPOPMIN among the pump's pops).
         """
         futures = [self.loop.create_future() for _ in commands]
         if self.closed is not None:
@@ -211,9 +214,8 @@ class RedisProtocol(asyncio.Protocol):
         if idle:
             self._last_reply = time.monotonic()
         pending = self._pending
-        for future in futures:
-            pending.append((future, block))
-            block = 0.0
+        for index, future in enumerate(futures):
+            pending.append((future, block if index == blocking else 0.0))
         if idle and self._flush_handle is None and self.transport is not None:
             self.transport.write(encode_commands(commands))
         else:

@@ -11,8 +11,9 @@ abandons a pop whose reply is on the wire.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -57,6 +58,12 @@ class KeyPump:
         self.client_id: int | None = None
         self._client_id_of = -1  # connection.connects when client_id was read
         self.errors = 0
+        # A process key (batch > 0) has one reader, this process: its messages are read
+        # first and removed once delivered (see _read_then_remove). Members delivered
+        # whose removal Redis has not confirmed yet, in delivery order.
+        self.read_first = batch > 0
+        self.removing: dict[bytes, None] = {}
+        self.found_empty = False
         # Told of an error that waiting will not cure (a wrong host option, a wrong
         # password), so the receivers raise it instead of waiting forever.
         self.on_error = on_error
@@ -77,6 +84,8 @@ class KeyPump:
                 self.client_id = int(await protocol.execute(("CLIENT", "ID")))
             except ResponseError:  # an ACL without CLIENT: stop() waits out the block
                 self.client_id = None
+        if self.read_first:
+            return await self._read_then_remove(protocol, count)
         if count > 1:
             blocked, more = protocol.execute_pipeline(
                 (("BZPOPMIN", self.key, self.block), ("ZPOPMIN", self.key, count - 1)), self.block
@@ -98,16 +107,102 @@ class KeyPump:
             raise
         return self._flatten(first, rest)
 
-    async def _settle_after_cancel(self, blocked: asyncio.Future, more: asyncio.Future | None) -> None:
+    async def _read_then_remove(self, protocol: Any, count: int) -> list:
+        """One batch from a key only this process reads, safe against a lost reply.
+
+        One write: ZREM of what the last batch delivered, ZRANGE of the next ``count``
+        (nothing leaves Redis yet), BZPOPMIN (takes the first of them at once, or waits
+        for one). A connection that dies before the replies arrive loses at most the
+        BZPOPMIN's message: the rest are read again, and what was delivered but not yet
+        confirmed removed is skipped and removed again, so nothing arrives twice.
+        """
+        key = self.key
+        removal = list(self.removing)
+        commands: list = [("ZRANGE", key, 0, count - 1, "WITHSCORES")]
+        # Block only once a read found the key empty: BZPOPMIN then takes only what
+        # arrives after that read (about a round trip's worth of risk), never a backlog.
+        wait = self.found_empty
+        if wait:
+            commands.append(("BZPOPMIN", key, self.block))
+        if removal:
+            commands.insert(0, ("ZREM", key, *removal))
+        futures = protocol.execute_pipeline(commands, self.block if wait else 0.0, len(commands) - 1)
+        if removal:
+            futures[0].add_done_callback(functools.partial(self._removed, removal))
+        read = futures[-2] if wait else futures[-1]
+        blocked = futures[-1] if wait else None
+        if blocked is not None:
+            # When the read fails (connection lost) nobody awaits the blocking pop;
+            # mark its error retrieved so asyncio does not log it at collection.
+            blocked.add_done_callback(_retrieve)
+        try:
+            # Shielded, as in _pop: replies that carry popped messages are never dropped.
+            await asyncio.shield(read)
+            if blocked is not None:
+                await asyncio.shield(blocked)
+        except asyncio.CancelledError:
+            await self._settle_after_cancel(read, blocked, self._read_batch)
+            raise
+        ranged = read.result()
+        self.found_empty = not ranged
+        return self._read_batch(ranged, blocked.result() if blocked is not None else None)
+
+    def _read_batch(self, ranged: list | None, blocked: list | None) -> list:
+        removing = self.removing
+        popped = blocked[1] if blocked else None
+        flat: list = []
+        if ranged:
+            for i in range(0, len(ranged), 2):
+                member = ranged[i]
+                if member == popped:
+                    # BZPOPMIN took the first of the range: out of Redis already.
+                    popped = None
+                    if removing.pop(member, 0) is None:
+                        continue  # delivered before; its ZREM was lost with a connection
+                elif member in removing:
+                    continue  # the same, still in Redis: the next write removes it
+                else:
+                    removing[member] = None
+                flat.append(member)
+                flat.append(ranged[i + 1])
+        if popped is not None:  # the range was empty: BZPOPMIN waited for this one
+            if removing.pop(popped, 0) is None:
+                return flat
+            flat.append(popped)
+            flat.append(blocked[2])  # type: ignore[index]
+        return flat
+
+    def _removed(self, members: list, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # still in ``removing``: the next write removes them again
+        removing = self.removing
+        for member in members:
+            removing.pop(member, None)
+
+    def _send_removal(self) -> None:
+        """Remove what was delivered now, without waiting: the pump is going idle."""
+        protocol = self.connection.protocol
+        if not self.removing or protocol is None or protocol.closed is not None:
+            return
+        removal = list(self.removing)
+        future = protocol.execute(("ZREM", self.key, *removal))
+        future.add_done_callback(functools.partial(self._removed, removal))
+
+    async def _settle_after_cancel(
+        self,
+        blocked: asyncio.Future,
+        more: asyncio.Future | None,
+        flatten: Callable[[Any, Any], list] | None = None,
+    ) -> None:
         pending = [f for f in (blocked, more) if f is not None]
         try:
-            if not blocked.done():
+            if not all(f.done() for f in pending):
                 await self._unblock()
             await asyncio.wait(pending, timeout=self.block + 1)
         except BaseException:  # noqa: BLE001 - a second cancellation: give up quietly
             pass
         if all(f.done() and not f.cancelled() and f.exception() is None for f in pending):
-            flat = self._flatten(blocked.result(), more.result() if more is not None else None)
+            flat = (flatten or self._flatten)(blocked.result(), more.result() if more is not None else None)
             if flat:
                 self.on_batch(flat)
         else:
@@ -126,6 +221,13 @@ class KeyPump:
         return flat
 
     async def _run(self) -> None:
+        self.found_empty = False  # a backlog may have built up while nobody waited
+        try:
+            await self._serve()
+        finally:
+            self._send_removal()
+
+    async def _serve(self) -> None:
         delay = RETRY_START
         while not self.stopping:
             wanted = self.wanted()

@@ -1,0 +1,122 @@
+"""Connections killed while the receive pump pops: what Redis handed out is not lost.
+
+Redis writes a reply at the end of its event-loop iteration, so a connection killed in
+the iteration that ran a pop takes the popped messages with it.  The pump therefore reads
+a process key's batch first and removes it only once delivered; only the single message
+of its blocking pop is at risk, as in channels_redis.  CLIENT PAUSE holds the pop until
+the kill is queued behind it, which lands the kill in that very iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import redis
+from channels.exceptions import ChannelFull
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from channels_redis_fast.core import RedisChannelLayer
+from conftest import until
+
+QUEUED = 300
+
+
+def _own_key(channel: str) -> str:
+    return "asgi" + channel[: channel.index("!") + 1]
+
+
+async def test_kill_during_the_pop_loses_no_queued_message(fresh_redis):
+    layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
+    sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
+    channel = await layer.new_channel()
+    # The pump connects (and asks its CLIENT ID) before the pause, so that under the
+    # pause only its pop waits, and the kill, queued behind it, runs right after it.
+    await sender.send(channel, {"type": "warm"})
+    assert (await asyncio.wait_for(layer.receive(channel), 5)) == {"type": "warm"}
+    for i in range(QUEUED):
+        await sender.send(channel, {"type": "t", "i": i})
+    await sender.close_pools()
+    admin = fresh_redis.client()
+    got: list[int] = []
+
+    async def consume():
+        while True:
+            got.append((await layer.receive(channel))["i"])
+
+    admin.client_pause(1500, all=True)
+    consumer = asyncio.ensure_future(consume())
+    try:
+        await asyncio.sleep(0.3)  # the pump's pop waits behind the pause
+        killed = await asyncio.to_thread(
+            fresh_redis.client().client_kill_filter, _type="normal", skipme=True
+        )
+        assert killed >= 1  # the pump's connection
+        await until(lambda: len(got) >= QUEUED, 15, f"{QUEUED} messages")
+        await asyncio.sleep(0.1)  # anything more would be a duplicate
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await layer.close_pools()
+    assert sorted(got) == list(range(QUEUED)), "lost or duplicated messages"
+    assert got == list(range(QUEUED)), "out of order"
+    await until(lambda: admin.zcard(_own_key(channel)) == 0, 5, "delivered messages removed from Redis")
+
+
+async def test_random_kills_under_traffic_lose_at_most_the_blocking_pops(fresh_redis):
+    layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000)
+    sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000)
+    channel = await layer.new_channel()
+    got: list[int] = []
+    accepted: list[int] = []
+    unknown: list[int] = []  # the send failed: Redis may or may not have it
+    stop = threading.Event()
+    kills = 0
+
+    def killer():
+        nonlocal kills
+        client = fresh_redis.client()
+        while not stop.wait(0.05):
+            kills += client.client_kill_filter(_type="normal", skipme=True) > 0
+
+    async def consume():
+        while True:
+            got.append((await layer.receive(channel))["i"])
+
+    async def produce():
+        for i in range(3000):
+            try:
+                await sender.send(channel, {"type": "t", "i": i})
+            except (RedisConnectionError, RedisTimeoutError, ChannelFull):
+                unknown.append(i)
+            else:
+                accepted.append(i)
+            if i % 20 == 0:
+                await asyncio.sleep(0.001)
+
+    consumer = asyncio.ensure_future(consume())
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        await produce()
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+    try:
+        await until(lambda: set(accepted) <= set(got), 15, "every accepted message")
+        await asyncio.sleep(0.2)
+    except BaseException:
+        pass  # counted below
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await layer.close_pools()
+        await sender.close_pools()
+    lost = sorted(set(accepted) - set(got))
+    assert kills > 0
+    # Each kill can take at most the one message its blocking pop had taken.
+    assert len(lost) <= kills, f"{len(lost)} lost with {kills} kills: {lost[:20]}"
+    assert len(got) == len(set(got)), "a message was delivered twice"
+    assert set(got) <= set(accepted) | set(unknown)
