@@ -408,7 +408,7 @@ def _rates(ax, results: dict, workloads: list[str], colours: dict) -> None:
     ax.set_yscale("log")
     ax.set_xticks(range(len(workloads)))
     runs = [max((len((r or {}).get("rates") or [1]) for r in results[w].values()), default=1) for w in workloads]
-    ax.set_xticklabels([f"{w}\n{n} run{'s' if n > 1 else ''}" for w, n in zip(workloads, runs)],
+    ax.set_xticklabels([f"{w} ({n} run{'s' if n > 1 else ''})" for w, n in zip(workloads, runs)],
                        rotation=20, ha="right")
     ax.set_ylabel("deliveries per second (log scale)")
     ax.set_title("bar: median run; whisker: slowest to fastest run" if most_runs > 1 else
