@@ -28,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -160,7 +161,9 @@ def run_memory(specs: list[wl.LayerSpec], url: str, channels: int) -> dict:
 
     def child(spec: wl.LayerSpec) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", spec.name, url, str(channels)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr to a file: a chatty child must not block on a pipe nobody reads yet.
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         last = None
@@ -173,10 +176,12 @@ def run_memory(specs: list[wl.LayerSpec], url: str, channels: int) -> dict:
                 if "progress" in last:
                     log(f"  memory   {spec.name:<12} {last['progress']:>9,}/{channels:,} channels  "
                         f"RSS {last['rss_mb']:6.1f} MB  {last['seconds']:6.1f} s")
-            stderr = proc.stderr.read()
             proc.wait()
+            errors.seek(0)
+            stderr = errors.read()
         finally:
             killer.cancel()
+            errors.close()
         if proc.returncode != 0:
             why = f"timed out after {timeout} s" if proc.returncode == -9 else (
                 stderr.strip().splitlines()[-1:] or ["exit status %d" % proc.returncode])[0]
@@ -255,7 +260,10 @@ def report(data: dict, out: str, measured_now: list[str], args) -> int:
     for line in measured_lines(data):
         log(line)
     log("")
-    log(block)
+    if any(w not in rp.SIDE_WORKLOADS for w in results):
+        log(block)
+    else:
+        log("no rates stored yet: the table is empty")
     layers = [n for n in rp.COLUMNS if any(n in by_layer for by_layer in results.values())]
     side = side_tables(results, layers) if results else ""
     if side:
@@ -268,17 +276,23 @@ def report(data: dict, out: str, measured_now: list[str], args) -> int:
         fh.write(block)
     png_path = os.path.join(out, "results.png")
     try:
-        drawn = rp.chart(data, png_path, order)
+        chart = png_path if rp.chart(data, png_path, order) else "no chart (no results)"
     except Exception as exc:  # noqa: BLE001 - the table and JSON are what matter
-        log(f"chart not written: {type(exc).__name__}: {exc}")
-        drawn = False
-    written = ([] if args.render_only else [os.path.join(out, "results.json")]) + [table_path]
-    log(f"\nwrote {', '.join(written)}" + (f" and {png_path}" if drawn else ", no chart (no results)"))
+        chart = f"no chart ({type(exc).__name__}: {exc})"
+    written = ([] if args.render_only else [os.path.join(out, "results.json")]) + [table_path, chart]
+    log(f"\nwrote {', '.join(written)}")
     if args.readme:
         with open(args.readme) as fh:
             readme = fh.read()
+        try:
+            if not any(w not in rp.SIDE_WORKLOADS for w in results):
+                raise ValueError("no rates stored, and an empty table would replace its table")
+            readme = rp.put_in_readme(readme, block)
+        except ValueError as exc:
+            log(f"{args.readme} not changed: {exc}")
+            return 2
         with open(args.readme, "w") as fh:
-            fh.write(rp.put_in_readme(readme, block))
+            fh.write(readme)
         log(f"copied the table into {args.readme}")
 
     failures = rp.missed(results, [w for w in measured_now if w in results])
