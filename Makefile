@@ -7,7 +7,7 @@ FILES ?=
 
 help:
 	@echo "make test         install Redis if missing, build + install into $(VENV), run the suite (compiled, then pure), check the pure wheel"
-	@echo "make bench        benchmarks on a private Redis"
+	@echo "make bench        benchmarks on a private Redis; exits 1 on a missed target (BENCH_ARGS=\"--quick --workloads stream,memory --report-only\")"
 	@echo "make conformance  channels_redis 4.3.0's own test suite against this package (FILES=\"test_core.py ...\", CONFORMANCE_TARGET=channels_redis)"
 	@echo "make wheels       sdist, platform wheel built from it (auditwheel-repaired) and pure wheel, each installed and tested (WHEEL_TESTS=all|none|\"-k ...\")"
 	@echo "make clean        remove build artefacts (keeps $(VENV))"

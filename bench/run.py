@@ -3,13 +3,19 @@
     python bench/run.py                      # everything: 5 runs of ~2 s per layer per workload
     python bench/run.py --quick              # one shorter run each, smaller churn
     python bench/run.py --workloads stream,group_fanout --out /tmp/bench
+    python bench/run.py --render-only --readme   # no runs: report results.json, copy into README
 
 All layers run in this one process, one after another, on private Redis servers started
 here (and stopped at exit). Each workload runs round the layers ``--repeat`` times and
 reports each layer's median run: a shared 2-core machine changes speed by up to 2x for
-seconds at a time. Results: a table on stdout, ``results.json`` and ``results.png`` in
-``--out`` (default ``bench-results/``). The memory churn runs in one child process per
-layer, so each gets a clean RSS.
+seconds at a time. The memory churn runs in one child process per layer, so each gets a
+clean RSS. Every run, and every tenth of a churn, prints a line as it ends.
+
+Results merge into ``results.json`` in ``--out`` (default ``bench-results/``): a run of
+some workloads replaces just those and keeps the others, each with the date it was
+measured. From the merged results come the table (printed, and written to ``table.rst``,
+which README.rst copies) and ``results.png``. A missed target exits with status 1, unless
+``--report-only``.
 """
 
 from __future__ import annotations
@@ -22,24 +28,14 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
+import report as rp
 import workloads as wl
-
-# Ratio of our core layer to channels_redis core that each workload should reach.
-TARGETS = {
-    "roundtrip": 3,
-    "stream": 30,
-    "many_consumers": 30,
-    "group_fanout": 8,
-    "worker_queue": 8,
-    "stream_encrypted": 10,
-}
-# Ratio of our pub/sub layer to channels_redis's pub/sub layer (issue "pub/sub").
-PUBSUB_TARGETS = {"roundtrip": 2, "stream": 2, "many_consumers": 2, "group_fanout": 2}
-
 
 def log(text: str = "") -> None:
     print(text, flush=True)
@@ -91,16 +87,6 @@ def machine_info(redis_version: str) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def fmt_rate(rate: float | None) -> str:
-    if rate is None:
-        return "-"
-    if rate >= 100_000:
-        return f"{rate / 1000:,.0f}k"
-    if rate >= 10_000:
-        return f"{rate / 1000:,.1f}k"
-    return f"{rate:,.0f}"
-
-
 def run_one(name: str, spec: wl.LayerSpec, servers: list, args) -> dict:
     cls = wl.WORKLOADS[name]
     for server in servers:
@@ -134,7 +120,7 @@ def progress_line(name: str, spec: wl.LayerSpec, result: dict, repeat: int = 0, 
     head = f"  {name:<17} {spec.name:<12}" + (f" {repeat + 1}/{repeats}" if repeats > 1 else "")
     if result.get("error"):
         return f"{head} ERROR {result['error']}"
-    parts = [f"{fmt_rate(result['rate']):>8} msg/s"]
+    parts = [f"{rp.fmt_rate(result['rate']):>8} msg/s"]
     lat = result.get("latency") or {}
     if lat:
         parts.append(f"p50 {lat['p50_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms")
@@ -153,28 +139,70 @@ def progress_line(name: str, spec: wl.LayerSpec, result: dict, repeat: int = 0, 
 
 
 def memory_child(layer: str, url: str, channels: int) -> None:
+    """Churn in this (child) process; progress and then the result as JSON lines on stdout."""
     spec = next(s for s in wl.ALL_LAYERS if s.name == layer)
     sample_every = max(1, channels // 20)
-    result = asyncio.run(wl.churn(spec, url, channels, sample_every))
-    print(json.dumps(result))
+    report_every = max(1, channels // 10)
+
+    def on_sample(done: int, rss_mb: float, seconds: float) -> None:
+        if done % report_every == 0 or done == channels:
+            print(json.dumps({"progress": done, "rss_mb": rss_mb, "seconds": seconds}), flush=True)
+
+    result = asyncio.run(wl.churn(spec, url, channels, sample_every, on_sample=on_sample))
+    print(json.dumps(result), flush=True)
 
 
 def run_memory(specs: list[wl.LayerSpec], url: str, channels: int) -> dict:
-    """One child process per layer, run side by side (it is RSS we compare, not speed)."""
+    """One child process per layer, run side by side (it is RSS we compare, not speed).
+
+    Each child's progress is logged as it comes, so a slow churn is seen to move.
+    """
+    timeout = 600
 
     def child(spec: wl.LayerSpec) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", spec.name, url, str(channels)]
+        # stderr to a file: a chatty child must not block on a pipe nobody reads yet.
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        last = None
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            return {"layer": spec.name, "error": "timed out after 600 s"}
+            for line in proc.stdout:
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    continue
+                if "progress" in last:
+                    log(f"  memory   {spec.name:<12} {last['progress']:>9,}/{channels:,} channels  "
+                        f"RSS {last['rss_mb']:6.1f} MB  {last['seconds']:6.1f} s")
+            proc.wait()
+            errors.seek(0)
+            stderr = errors.read()
+        finally:
+            killer.cancel()
+            errors.close()
         if proc.returncode != 0:
-            return {"layer": spec.name, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+            why = f"timed out after {timeout} s" if proc.returncode == -9 else (
+                stderr.strip().splitlines()[-1:] or ["exit status %d" % proc.returncode])[0]
+            return {"layer": spec.name, "error": why}
+        if not last or "layer" not in last:
+            return {"layer": spec.name, "error": "the child printed no result"}
+        return last
 
     with ThreadPoolExecutor(len(specs)) as pool:
         results = list(pool.map(child, specs))
     return {r["layer"]: r for r in results}
+
+
+def memory_line(layer: str, m: dict) -> str:
+    if m.get("error"):
+        return f"  memory   {layer:<12} ERROR {m['error']}"
+    trace = " ".join(f"{mb:.0f}" for _, mb in m["samples_mb"][:: max(1, len(m["samples_mb"]) // 10)])
+    growth = m.get("growth_second_half_mb")
+    return (f"  memory   {layer:<12} RSS {m['start_mb']:.1f} -> {m['end_mb']:.1f} MB "
+            f"(second half {'?' if growth is None else f'+{growth:.1f}'} MB) in {m['seconds']:.1f} s; "
+            f"samples MB: {trace}")
 
 
 # --------------------------------------------------------------------------------------
@@ -182,99 +210,108 @@ def run_memory(specs: list[wl.LayerSpec], url: str, channels: int) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def ratio(results: dict, workload: str, layer: str, anchor: str) -> float | None:
-    mine = (results.get(workload, {}).get(layer) or {}).get("rate")
-    base = (results.get(workload, {}).get(anchor) or {}).get("rate")
-    if not mine or not base:
-        return None
-    return mine / base
-
-
-def table(results: dict, layers: list[wl.LayerSpec]) -> tuple[str, list[dict]]:
-    names = [s.name for s in layers]
+def side_tables(results: dict, layers: list[str]) -> str:
+    """Latency and Redis commands per delivery, as plain text under the rate table."""
     lines = []
-    header = f"{'workload':<17}" + "".join(f"{n:>13}" for n in names)
-    header += f"{'ours/cr-core':>14}{'target':>8}{'ours/cr-pubsub':>16}{'pubsub/cr-pubsub':>18}  verdict"
-    lines.append(header)
-    lines.append("-" * len(header))
-    verdicts = []
-    for workload, by_layer in results.items():
-        row = f"{workload:<17}"
-        for n in names:
-            r = by_layer.get(n)
-            row += f"{'n/a' if r is None else ('ERR' if r.get('error') else fmt_rate(r['rate'])):>13}"
-        vs_core = ratio(results, workload, wl.OURS_CORE.name, wl.ANCHOR)
-        vs_pubsub = ratio(results, workload, wl.OURS_CORE.name, wl.CR_PUBSUB.name)
-        target = TARGETS.get(workload)
-        row += f"{(f'{vs_core:.1f}x' if vs_core else '-'):>14}"
-        row += f"{(f'>={target}x' if target else '-'):>8}"
-        row += f"{(f'{vs_pubsub:.2f}x' if vs_pubsub else '-'):>16}"
-        ours_ps = ratio(results, workload, wl.OURS_PUBSUB.name, wl.CR_PUBSUB.name)
-        row += f"{(f'{ours_ps:.2f}x' if ours_ps else '-'):>18}"
-        checks = []
-        if target is not None and vs_core is not None:
-            checks.append(("core target", vs_core >= target))
-        if vs_pubsub is not None:
-            checks.append((">= cr-pubsub", vs_pubsub >= 1.0))
-        if ours_ps is not None:
-            wanted = PUBSUB_TARGETS.get(workload, 1)
-            checks.append((f"our pubsub >= {wanted}x cr-pubsub", ours_ps >= wanted))
-        verdict = ", ".join(f"{label} {'met' if ok else 'MISSED'}" for label, ok in checks) or "-"
-        row += f"  {verdict}"
-        lines.append(row)
-        verdicts.append({"workload": workload, "ours_vs_cr_core": vs_core, "target": target,
-                         "ours_vs_cr_pubsub": vs_pubsub, "ours_pubsub_vs_cr_pubsub": ours_ps,
-                         "checks": dict(checks)})
     if "latency" in results:
-        lines.append("")
         lines.append("send-to-receive latency under the stream load (16 senders, closed loop, 16 in flight):")
-        for n in names:
-            r = results["latency"].get(n)
+        for name in layers:
+            r = results["latency"].get(name)
             if r and not r.get("error") and r.get("latency"):
                 lat = r["latency"]
-                lines.append(f"  {n:<12} p50 {lat['p50_ms']:8.3f} ms   p99 {lat['p99_ms']:8.3f} ms")
-    lines.append("")
+                lines.append(f"  {rp.COLUMNS.get(name, name):<22} p50 {lat['p50_ms']:8.3f} ms   "
+                             f"p99 {lat['p99_ms']:8.3f} ms")
+        lines.append("")
+    counted = [w for w, by_layer in results.items()
+               if any((by_layer.get(n) or {}).get("commands_per_delivery") is not None for n in layers)]
+    if not counted:
+        return "\n".join(lines)
     lines.append("Redis commands per delivery (INFO commandstats, including the commands Lua scripts call):")
-    lines.append(f"{'':<17}" + "".join(f"{n:>13}" for n in names))
-    for workload, by_layer in results.items():
-        row = f"{workload:<17}"
-        for n in names:
-            cpd = (by_layer.get(n) or {}).get("commands_per_delivery")
-            row += f"{('-' if cpd is None else f'{cpd:.2f}'):>13}"
+    lines.append(f"{'':<17}" + "".join(f"{rp.COLUMNS.get(n, n):>23}" for n in layers))
+    for workload in counted:
+        by_layer, row = results[workload], f"{workload:<17}"
+        for name in layers:
+            cpd = (by_layer.get(name) or {}).get("commands_per_delivery")
+            row += f"{('-' if cpd is None else f'{cpd:.2f}'):>23}"
         lines.append(row)
-    return "\n".join(lines), verdicts
+    return "\n".join(lines)
 
 
-def chart(results: dict, layers: list[wl.LayerSpec], machine: dict, path: str) -> None:
-    import matplotlib
+def measured_lines(data: dict) -> list[str]:
+    out = []
+    for workload, m in (data.get("measured") or {}).items():
+        settings = m.get("settings") or {}
+        what = (f"{settings.get('memory_channels', '?'):,} channels" if workload == "memory"
+                else rp.settings_text(settings))
+        out.append(f"  {workload:<17} {m.get('at', '?')}  {what}  ({', '.join(m.get('layers') or [])})")
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    workloads = list(results)
-    names = [s.name for s in layers]
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(workloads)), 5))
-    for i, name in enumerate(names):
-        xs, ys = [], []
-        for j, workload in enumerate(workloads):
-            rate = (results[workload].get(name) or {}).get("rate")
-            if rate:
-                xs.append(j + (i - (len(names) - 1) / 2) * width)
-                ys.append(rate)
-        ax.bar(xs, ys, width, label=name)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(workloads)))
-    ax.set_xticklabels(workloads, rotation=20, ha="right")
-    ax.set_ylabel("messages (deliveries) per second, log scale")
-    ax.set_title(f"channel layers, end to end - {machine['cpu']}, {machine['cores']} cores, "
-                 f"{machine['python']}, Redis {machine['redis_server']}, {machine['implementation']}",
-                 fontsize=9)
-    ax.legend()
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def report(data: dict, out: str, measured_now: list[str], args) -> int:
+    """Print the table and verdicts, write table.rst, results.png (and README); the exit status."""
+    order = [*wl.WORKLOADS, "memory"]
+    results = data.get("results") or {}
+    machine = data.get("machine") or {}
+    block = rp.rst(data, order)
+    log("\n" + "=" * 100)
+    log(f"machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('python')}, "
+        f"redis-server {machine.get('redis_server')}, implementation: {machine.get('implementation')}")
+    log("when each workload was measured (results.json keeps the rest when a run measures some):")
+    for line in measured_lines(data):
+        log(line)
+    log("")
+    if any(w not in rp.SIDE_WORKLOADS for w in results):
+        log(block)
+    else:
+        log("no rates stored yet: the table is empty")
+    layers = [n for n in rp.COLUMNS if any(n in by_layer for by_layer in results.values())]
+    side = side_tables(results, layers) if results else ""
+    if side:
+        log(side)
+    for layer, m in (data.get("memory") or {}).items():
+        log(memory_line(layer, m))
+
+    table_path = os.path.join(out, "table.rst")
+    with open(table_path, "w") as fh:
+        fh.write(block)
+    png_path = os.path.join(out, "results.png")
+    try:
+        chart = png_path if rp.chart(data, png_path, order) else "no chart (no results)"
+    except Exception as exc:  # noqa: BLE001 - the table and JSON are what matter
+        chart = f"no chart ({type(exc).__name__}: {exc})"
+    written = ([] if args.render_only else [os.path.join(out, "results.json")]) + [table_path, chart]
+    log(f"\nwrote {', '.join(written)}")
+    if args.readme:
+        with open(args.readme) as fh:
+            readme = fh.read()
+        try:
+            if not any(w not in rp.SIDE_WORKLOADS for w in results):
+                raise ValueError("no rates stored, and an empty table would replace its table")
+            readme = rp.put_in_readme(readme, block)
+        except ValueError as exc:
+            log(f"{args.readme} not changed: {exc}")
+            return 2
+        with open(args.readme, "w") as fh:
+            fh.write(readme)
+        log(f"copied the table into {args.readme}")
+
+    failures = rp.missed(results, [w for w in measured_now if w in results])
+    failures += [f"memory: {layer} failed: {m['error']}" for layer, m in (data.get("memory") or {}).items()
+                 if "memory" in measured_now and m.get("error")]
+    judged = [w for w in measured_now if w in results or w == "memory"]
+    if not judged:
+        log("\nverdict: nothing to judge")
+        return 0
+    if not failures:
+        log(f"\nverdict: no target missed, no layer failed ({', '.join(judged)})")
+        return 0
+    log(f"\nverdict: {len(failures)} MISSED ({', '.join(judged)}):")
+    for line in failures:
+        log(f"  {line}")
+    if args.report_only:
+        log("(--report-only: exit status 0 all the same)")
+        return 0
+    return 1
 
 
 # --------------------------------------------------------------------------------------
@@ -283,17 +320,28 @@ def chart(results: dict, layers: list[wl.LayerSpec], machine: dict, path: str) -
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="workloads:\n" + "\n".join(
+                                         f"  {n:<17} {cls.description}" for n, cls in wl.WORKLOADS.items())
+                                     + "\n  memory            RSS while channels are created, used once and "
+                                       "abandoned (core layers)")
     parser.add_argument("--quick", action="store_true", help="short runs (1 s) and a 20k-channel churn")
-    parser.add_argument("--workloads", default="", help=f"comma list; default all: {','.join(wl.WORKLOADS)}"
-                        ",memory")
+    parser.add_argument("--workloads", default="", help="comma list (default all, listed below); the results "
+                        "of the others stay in results.json")
     parser.add_argument("--layers", default="", help="comma list of layers (default: every importable one)")
-    parser.add_argument("--out", default="bench-results", help="directory for results.json and results.png")
+    parser.add_argument("--out", default="bench-results",
+                        help="directory for results.json, table.rst and results.png")
     parser.add_argument("--duration", type=float, default=None, help="measured seconds per run (default 1.2)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per layer and workload, the median reported (default 5; --quick 1)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per run (default 0.5)")
     parser.add_argument("--memory-channels", type=int, default=None, help="channels in the churn (default 100000)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="exit 0 even when a target is missed (by default a miss exits 1)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: print the table and draw the chart from the stored results.json")
+    parser.add_argument("--readme", metavar="PATH", nargs="?", const="README.rst", default=None,
+                        help="also copy the table into PATH (default README.rst) between its bench-table markers")
     parser.add_argument("--memory-child", nargs=3, metavar=("LAYER", "URL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration is None:
@@ -310,30 +358,21 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.memory_child:
-        layer, url, n = args.memory_child
-        memory_child(layer, url, int(n))
-        return 0
-
+def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) -> dict:
+    """Run the wanted workloads on private Redis servers; results in the shape of rp.empty()."""
     from channels_redis_fast.testing import RedisServer
-
-    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, "memory"]
-    unknown = [w for w in wanted if w not in wl.WORKLOADS and w != "memory"]
-    if unknown:
-        log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)} and memory")
-        return 2
-    layers, skipped = wl.available_layers()
-    if args.layers:
-        keep = {n.strip() for n in args.layers.split(",")}
-        layers = [s for s in layers if s.name in keep]
-    os.makedirs(args.out, exist_ok=True)
 
     shards = max([wl.WORKLOADS[w].shards for w in wanted if w in wl.WORKLOADS] or [1])
     servers = [RedisServer() for _ in range(shards)]
+    new = rp.empty()
     try:
         machine = machine_info(servers[0].client().info("server")["redis_version"])
+        settings = {"duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
+                    "reported": "the run with the median rate; 'rates' lists every run's",
+                    "capacity": wl.BENCH_CAPACITY,
+                    "channel_full_policy": "counted, retried after 1 ms, same for every layer",
+                    "memory_channels": args.memory_channels}
+        new.update(machine=machine, layers={s.name: s.label for s in layers}, skipped_layers=skipped)
         log("=" * 100)
         log(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['python']}, "
             f"redis-server {machine['redis_server']}, implementation: {machine['implementation']}")
@@ -345,12 +384,11 @@ def main(argv=None) -> int:
             f"workload (round the layers; the median is reported); "
             f"private Redis on {', '.join(str(s.port) for s in servers)}")
         log("=" * 100)
-        results: dict = {}
-        for name in wanted:
-            if name == "memory":
-                continue
+        timed = [w for w in wanted if w != "memory"]
+        for index, name in enumerate(timed, 1):
             cls = wl.WORKLOADS[name]
             specs = [s for s in layers if s.kind != "pubsub" or cls.pubsub_ok]
+            log(f"[{index}/{len(timed)}] {name}: {cls.description}")
             runs: dict[str, list[dict]] = {s.name: [] for s in specs}
             # Repetitions go round the layers, so a slow spell of this shared machine
             # hits every layer alike, and the median run of each layer is reported.
@@ -362,61 +400,61 @@ def main(argv=None) -> int:
                     result = run_one(name, spec, servers, args)
                     done.append(result)
                     log(progress_line(name, spec, result, repeat, args.repeat))
-            results[name] = {layer: median_run(done) for layer, done in runs.items()}
+            at = rp.now()
+            new["results"][name] = {layer: {**median_run(done), "measured_at": at} for layer, done in runs.items()}
+            new["measured"][name] = {"at": at, "settings": settings, "machine": machine, "layers": list(runs)}
+            new["workloads"][name] = cls.description
 
-        memory = {}
         if "memory" in wanted:
             mem_specs = [s for s in layers if s.kind == "core"]
             log(f"\nmemory: {args.memory_channels:,} channels created, sent one message, received, "
-                f"abandoned ({', '.join(s.name for s in mem_specs)}, one child process each, side by side)")
+                f"abandoned ({', '.join(s.name for s in mem_specs)}, one child process each, side by side; "
+                f"a line per tenth)")
             servers[0].flushall()
             memory = run_memory(mem_specs, servers[0].url, args.memory_channels)
+            at = rp.now()
             for layer, m in memory.items():
-                if m.get("error"):
-                    log(f"  memory   {layer:<12} ERROR {m['error']}")
-                    continue
-                trace = " ".join(f"{mb:.0f}" for _, mb in m["samples_mb"][:: max(1, len(m["samples_mb"]) // 10)])
-                log(f"  memory   {layer:<12} RSS {m['start_mb']:.1f} -> {m['end_mb']:.1f} MB "
-                    f"(second half +{m['growth_second_half_mb']:.1f} MB) in {m['seconds']:.1f} s; "
-                    f"samples MB: {trace}")
-
-        text, verdicts = table(results, layers)
-        log("\n" + "=" * 100)
-        log(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['python']}, "
-            f"redis-server {machine['redis_server']}, implementation: {machine['implementation']}")
-        log("messages (deliveries) per second, median of the runs; ratios are ours-core over the "
-            "other layer, same run\n")
-        log(text)
-        data = {
-            "machine": machine,
-            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
-                         "reported": "the run with the median rate; 'rates' lists every run's",
-                         "capacity": wl.BENCH_CAPACITY,
-                         "channel_full_policy": "counted, retried after 1 ms, same for every layer",
-                         "memory_channels": args.memory_channels},
-            "layers": {s.name: s.label for s in layers},
-            "skipped_layers": skipped,
-            "workloads": {n: wl.WORKLOADS[n].description for n in results},
-            "targets": TARGETS,
-            "pubsub_targets": PUBSUB_TARGETS,
-            "results": results,
-            "verdicts": verdicts,
-            "memory": memory,
-        }
-        json_path = os.path.join(args.out, "results.json")
-        with open(json_path, "w") as fh:
-            json.dump(data, fh, indent=2)
-        png_path = os.path.join(args.out, "results.png")
-        try:
-            chart(results, layers, machine, png_path)
-        except Exception as exc:  # noqa: BLE001 - the table and JSON are what matter
-            log(f"chart not written: {exc}")
-            png_path = None
-        log(f"\nwrote {json_path}" + (f" and {png_path}" if png_path else ""))
+                log(memory_line(layer, m))
+            new["memory"] = {layer: {**m, "measured_at": at} for layer, m in memory.items()}
+            new["measured"]["memory"] = {"at": at, "settings": settings, "machine": machine,
+                                         "layers": list(memory)}
     finally:
         for server in servers:
             server.close()
-    return 0
+    return new
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.memory_child:
+        layer, url, n = args.memory_child
+        memory_child(layer, url, int(n))
+        return 0
+
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "results.json")
+    stored, warning = rp.load(json_path)
+    if warning:
+        log(warning)
+    if args.render_only:
+        judged = [*stored["results"], *(["memory"] if stored["memory"] else [])]
+        return report(stored, args.out, judged, args)
+
+    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, "memory"]
+    unknown = [w for w in wanted if w not in wl.WORKLOADS and w != "memory"]
+    if unknown:
+        log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)} and memory")
+        return 2
+    layers, skipped = wl.available_layers()
+    if args.layers:
+        keep = {n.strip() for n in args.layers.split(",")}
+        layers = [s for s in layers if s.name in keep]
+
+    data = rp.merge(stored, measure(wanted, layers, skipped, args))
+    data.update(targets=rp.TARGETS, pubsub_targets=rp.PUBSUB_TARGETS, verdicts=rp.verdicts(data["results"]))
+    with open(json_path, "w") as fh:
+        json.dump(data, fh, indent=2)
+    return report(data, args.out, wanted, args)
 
 
 if __name__ == "__main__":

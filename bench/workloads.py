@@ -530,11 +530,19 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def churn(spec: LayerSpec, url: str, channels: int, sample_every: int, concurrency: int = 32) -> dict:
+async def churn(
+    spec: LayerSpec,
+    url: str,
+    channels: int,
+    sample_every: int,
+    concurrency: int = 32,
+    on_sample: Callable[[int, float, float], None] | None = None,
+) -> dict:
     """RSS while ``channels`` channels are each created, sent one message, received, abandoned.
 
     ``concurrency`` consumers churn at once (as many short-lived websocket consumers
-    would), so the slow anchor finishes in reasonable time. Samples every ``sample_every``.
+    would), so the slow anchor finishes in reasonable time. Samples every ``sample_every``
+    and hands each sample to ``on_sample(done, rss_mb, seconds)`` (progress for a long churn).
     """
     # Default capacity (this is about memory, not throughput), and a prefix of its own:
     # the layers churn side by side on one Redis and must not flush each other's keys.
@@ -552,6 +560,8 @@ async def churn(spec: LayerSpec, url: str, channels: int, sample_every: int, con
             state["done"] += 1
             if state["done"] % sample_every == 0:
                 samples.append((state["done"], rss_bytes()))
+                if on_sample is not None:
+                    on_sample(state["done"], samples[-1][1] / 2**20, perf_counter() - t0)
 
     # One channel first, so connections and scripts are in place for the baseline.
     name = await layer.new_channel()
