@@ -64,6 +64,8 @@ class KeyPump:
         self.read_first = batch > 0
         self.removing: dict[bytes, None] = {}
         self.found_empty = False
+        self.drained = False  # the last read brought less than a full batch
+        self.lingered = False  # the one blocking pop without a waiter is taken
         # Told of an error that waiting will not cure (a wrong host option, a wrong
         # password), so the receivers raise it instead of waiting forever.
         self.on_error = on_error
@@ -111,41 +113,51 @@ class KeyPump:
         """One batch from a key only this process reads, safe against a lost reply.
 
         One write: ZREM of what the last batch delivered, ZRANGE of the next ``count``
-        (nothing leaves Redis yet), BZPOPMIN (takes the first of them at once, or waits
-        for one). A connection that dies before the replies arrive loses at most the
-        BZPOPMIN's message: the rest are read again, and what was delivered but not yet
-        confirmed removed is skipped and removed again, so nothing arrives twice.
+        (nothing leaves Redis yet) and, once a read found the key empty, BZPOPMIN (waits
+        for the next message and takes it). A connection that dies before the replies
+        arrive loses at most the BZPOPMIN's message: the rest are read again, and what was
+        delivered but not yet confirmed removed is skipped and removed again, so nothing
+        arrives twice. ``count`` 0: only the blocking pop (see _serve).
         """
         key = self.key
         removal = list(self.removing)
-        commands: list = [("ZRANGE", key, 0, count - 1, "WITHSCORES")]
+        commands: list = [("ZREM", key, *removal)] if removal else []
+        if count:
+            commands.append(("ZRANGE", key, 0, count - 1, "WITHSCORES"))
         # Block only once a read found the key empty: BZPOPMIN then takes only what
-        # arrives after that read (about a round trip's worth of risk), never a backlog.
-        wait = self.found_empty
+        # arrives after that read, never a backlog (a backlog is read, not popped).
+        wait = self.found_empty or not count
         if wait:
             commands.append(("BZPOPMIN", key, self.block))
-        if removal:
-            commands.insert(0, ("ZREM", key, *removal))
         futures = protocol.execute_pipeline(commands, self.block if wait else 0.0, len(commands) - 1)
         if removal:
             futures[0].add_done_callback(functools.partial(self._removed, removal))
-        read = futures[-2] if wait else futures[-1]
         blocked = futures[-1] if wait else None
-        if blocked is not None:
+        read = (futures[-2] if wait else futures[-1]) if count else blocked
+        if blocked is not None and read is not blocked:
             # When the read fails (connection lost) nobody awaits the blocking pop;
             # mark its error retrieved so asyncio does not log it at collection.
             blocked.add_done_callback(_retrieve)
         try:
             # Shielded, as in _pop: replies that carry popped messages are never dropped.
-            await asyncio.shield(read)
+            await asyncio.shield(read)  # type: ignore[arg-type]
             if blocked is not None:
                 await asyncio.shield(blocked)
         except asyncio.CancelledError:
-            await self._settle_after_cancel(read, blocked, self._read_batch)
+            if count:
+                await self._settle_after_cancel(read, blocked, self._read_batch)  # type: ignore[arg-type]
+            else:
+                await self._settle_after_cancel(blocked, None, self._pop_only)  # type: ignore[arg-type]
             raise
-        ranged = read.result()
+        if not count:
+            return self._read_batch(None, blocked.result())  # type: ignore[union-attr]
+        ranged = read.result()  # type: ignore[union-attr]
         self.found_empty = not ranged
+        self.drained = len(ranged) < 2 * count
         return self._read_batch(ranged, blocked.result() if blocked is not None else None)
+
+    def _pop_only(self, blocked: list | None, _: Any) -> list:
+        return self._read_batch(None, blocked)
 
     def _read_batch(self, ranged: list | None, blocked: list | None) -> list:
         removing = self.removing
@@ -221,7 +233,7 @@ class KeyPump:
         return flat
 
     async def _run(self) -> None:
-        self.found_empty = False  # a backlog may have built up while nobody waited
+        self.found_empty = self.drained = False  # a backlog may have built up meanwhile
         try:
             await self._serve()
         finally:
@@ -231,11 +243,20 @@ class KeyPump:
         delay = RETRY_START
         while not self.stopping:
             wanted = self.wanted()
-            if wanted <= 0:
+            if wanted > 0:
+                # batch <= 0: a shared work queue, take one per waiting receiver.
+                count = self.batch if self.batch > 0 else wanted
+                self.lingered = False
+            elif self.read_first and self.drained and not self.lingered:
+                # Nobody waits right now, but a consumer that just took its message
+                # usually comes back for the next: one blocking pop (a single message,
+                # so no buffer can overflow by a batch) keeps the key covered meanwhile.
+                count = 0
+                self.lingered = True
+            else:
                 return
             try:
-                # batch <= 0: a shared work queue, take one per waiting receiver.
-                flat = await self._pop(self.batch if self.batch > 0 else wanted)
+                flat = await self._pop(count)
             except AuthenticationError as exc:
                 self._fail(exc)
                 return

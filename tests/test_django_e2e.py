@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from channels_redis_fast.testing import LOOPBACK, RedisNotInstalled, RedisServer, free_port
+from conftest import until
 
 from websockets.asyncio.client import connect as ws_connect
 
@@ -140,17 +141,6 @@ def wait_for(predicate, timeout: float, what: str):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-async def async_wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def group_key(room: str) -> bytes:
@@ -291,7 +281,7 @@ async def test_disconnects_leave_the_group(chat_servers, chat_redis):
         staying = clients[10:-10]
         await close_clients(leaving)
         expected = {c.channel.encode() for c in staying}
-        await async_wait_for(
+        await until(
             lambda: set(redis.zrange(group_key(room), 0, -1)) == expected,
             10,
             "the group to shrink to the remaining 30 members",
@@ -302,7 +292,7 @@ async def test_disconnects_leave_the_group(chat_servers, chat_redis):
             assert got == ["still here"]
     finally:
         await close_clients(clients)
-    await async_wait_for(lambda: redis.exists(group_key(room)) == 0, 10, "the empty group to disappear")
+    await until(lambda: redis.exists(group_key(room)) == 0, 10, "the empty group to disappear")
 
 
 def test_browser_chat_between_the_two_processes(chat_servers, tmp_path):
@@ -369,7 +359,7 @@ async def test_group_send_from_a_management_command(chat_servers, chat_redis):
             got = await client.collect(200)
             assert got == [f"from-command {i}" for i in range(200)]
             # The command is still alive (held on stdin): its loops' connections must be gone.
-            await async_wait_for(
+            await until(
                 lambda: len(other_clients(chat_redis)) <= baseline,
                 5,
                 f"Redis clients back to the baseline of {baseline} while the command still runs",
@@ -406,7 +396,7 @@ async def test_group_send_from_a_sync_view(chat_servers, chat_redis):
         assert reply == {"sent": 200, "layer": FAST_BACKEND}
         got = await client.collect(200)
         assert got == [f"from-view {i}" for i in range(200)]
-        await async_wait_for(
+        await until(
             lambda: len(other_clients(chat_redis)) <= baseline, 5, f"Redis clients back to {baseline}"
         )
     finally:
