@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "stats":
-        from .stats import main as stats_main
+        from .cli.top import main as stats_main
 
         return stats_main(rest)
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
