@@ -103,7 +103,9 @@ def _layer_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             config["prefix"] = args.prefix
         return resolve(BACKENDS.get(args.backend, args.backend), config, "--hosts")
     if args.prefix is not None or args.config is not None or args.backend != "core":
-        parser.error("--prefix, --config and --backend go with --hosts; --settings reads them from CHANNEL_LAYERS")
+        parser.error(
+            "--prefix, --config and --backend go with --hosts; --settings reads them from CHANNEL_LAYERS"
+        )
     module = args.settings or os.environ.get("DJANGO_SETTINGS_MODULE")
     if not module:
         parser.error("give --hosts URL ... or --settings MODULE (or set DJANGO_SETTINGS_MODULE)")
@@ -128,7 +130,11 @@ def _format_maxmemory(report: ShardReport) -> str:
 
 
 def render(layer: LayerConfig, reports: list[ShardReport]) -> str:
-    lines = [f"channels_redis_fast check: {layer.source}", "", "layer configuration (as the layer resolved it):"]
+    lines = [
+        f"channels_redis_fast check: {layer.source}",
+        "",
+        "layer configuration (as the layer resolved it):",
+    ]
     for name in _CONFIG_ORDER:
         if name in layer.resolved:
             lines.append(f"  {name:<18} {_format_value(layer.resolved[name])}")

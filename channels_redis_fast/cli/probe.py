@@ -42,19 +42,29 @@ class Need:
     used_for: str
 
 
+#: Why CLIENT ID and CLIENT UNBLOCK matter (the layer works without them).
+_UNBLOCK = (
+    "interrupting a blocking pop when a receive stops or the layer closes; without it "
+    "a close waits up to brpop_timeout"
+)
 CORE_NEEDS = (
     Need("EVALSHA", ("EVALSHA", "0" * 40, "1", "{key}"), True, "every send and group_send (Lua scripts)"),
-    Need("EVAL", ("EVAL", "return 0", "1", "{key}"), True, "reloading the scripts after a restart or SCRIPT FLUSH"),
+    Need("EVAL", ("EVAL", "return 0", "1", "{key}"), True, "reloading the scripts after a restart"),
     Need("ZADD", ("ZADD", "{key}", "XX", "0", "-"), True, "sends (inside the scripts) and group_add"),
     Need("ZCARD", ("ZCARD", "{key}"), True, "the capacity check of every send (inside the scripts)"),
-    Need("ZREMRANGEBYSCORE", ("ZREMRANGEBYSCORE", "{key}", "-inf", "-inf"), True, "dropping expired messages and group members"),
+    Need(
+        "ZREMRANGEBYSCORE",
+        ("ZREMRANGEBYSCORE", "{key}", "-inf", "-inf"),
+        True,
+        "dropping expired messages and group members",
+    ),
     Need("EXPIRE", ("EXPIRE", "{key}", "1"), True, "the TTL of every channel and group key"),
     Need("ZRANGE", ("ZRANGE", "{group}", "0", "-1"), True, "group_send (reading the group)"),
     Need("ZREM", ("ZREM", "{group}", "-"), True, "group_discard"),
     Need("ZPOPMIN", ("ZPOPMIN", "{key}", "1"), True, "receive (batches after the blocking pop)"),
     Need("BZPOPMIN", ("BZPOPMIN", "{key}", "0.01"), True, "receive (the blocking pop)"),
-    Need("CLIENT ID", ("CLIENT", "ID"), False, "interrupting a blocking pop when a receive stops or the layer closes; without it a close waits up to brpop_timeout"),
-    Need("CLIENT UNBLOCK", ("CLIENT", "UNBLOCK", "{client_id}"), False, "interrupting a blocking pop when a receive stops or the layer closes; without it a close waits up to brpop_timeout"),
+    Need("CLIENT ID", ("CLIENT", "ID"), False, _UNBLOCK),
+    Need("CLIENT UNBLOCK", ("CLIENT", "UNBLOCK", "{client_id}"), False, _UNBLOCK),
     Need("SCAN", ("SCAN", "0", "MATCH", "{key}", "COUNT", "10"), False, "flush()"),
     Need("TYPE", ("TYPE", "{key}"), False, "flush()"),
     Need("UNLINK", ("UNLINK", "{key}"), False, "flush()"),
@@ -267,7 +277,7 @@ def memory_findings(report: ShardReport, info: dict[str, Any], kind: str) -> Non
         "eviction",
         f"maxmemory-policy is {policy} ({limit}): when Redis is full it silently evicts "
         f"queued messages and group memberships ({scope}). Set maxmemory-policy noeviction: "
-        "a full Redis then refuses sends with an OutOfMemoryError instead",
+        "Redis then evicts nothing and answers writes past the limit with OOM errors",
     )
 
 
