@@ -112,14 +112,18 @@ def test_wrong_password_says_authentication(password_server):
     assert status == 0 and report["shards"][0]["status"] == "ok"
 
 
-def test_tls_to_a_plain_server_is_a_tls_error(redis_server):
-    # A TLS client meets a server that does not answer its handshake.
-    url = f"rediss://{redis_server.host}:{redis_server.port}?socket_connect_timeout=1&ssl_cert_reqs=none"
-    status, report = _report("--hosts", url)
+def test_untrusted_certificate_is_a_tls_error(tls_server, certs):
+    # The server's certificate is signed by the tests' own CA, which the client was not given.
+    status, report = _report("--hosts", tls_server.url)
     (shard,) = report["shards"]
     assert status == 1 and shard["reachable"] is False
     assert [finding["kind"] for finding in shard["findings"]] == ["tls"]
     assert "TLS failed" in shard["findings"][0]["message"]
+    assert "certificate verify failed" in shard["findings"][0]["message"]
+
+    trusted = {"address": tls_server.url, "ssl_ca_certs": certs["ca_file"]}
+    status, report = _report("--hosts", json.dumps(trusted))
+    assert status == 0 and report["shards"][0]["status"] == "ok"
 
 
 # -------------------------------------------------------------------------------- ACL
