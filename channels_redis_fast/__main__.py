@@ -1,5 +1,6 @@
-"""``python -m channels_redis_fast COMMAND``: operational commands.
+"""``python -m channels_redis_fast COMMAND``: operator commands (see cli/).
 
+    python -m channels_redis_fast check --hosts redis://localhost:6379 | --settings mysite.settings
     python -m channels_redis_fast stats --hosts redis://localhost:6379 [--prefix asgi]
         [--interval 2] [--once]
 """
@@ -8,7 +9,15 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m channels_redis_fast stats --hosts URL [--prefix asgi] [--interval 2] [--once]"
+USAGE = """usage: python -m channels_redis_fast COMMAND [options]
+
+commands:
+  check   connect to every shard of a layer and report what is wrong
+          (check --hosts URL ... | check --settings mysite.settings [--layer default])
+  stats   live view of the channels and groups a layer keeps in Redis
+          (stats --hosts URL [--prefix asgi] [--interval 2] [--once])
+
+`python -m channels_redis_fast COMMAND --help` describes a command's options."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "stats":
-        from .stats import main as stats_main
+        from .cli.top import main as top_main
 
-        return stats_main(rest)
+        return top_main(rest)
+    if command == "check":
+        from .cli.check import main as check_main
+
+        return check_main(rest)
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

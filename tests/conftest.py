@@ -7,7 +7,9 @@ redis-server is missing the fixtures fail (they never skip) and say how to insta
 
 from __future__ import annotations
 
+import datetime
 import importlib
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -15,6 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,6 +184,119 @@ def fresh_redis():
     yield server
     server.close()
 
+
+# ------------------------------------------------------------------------------------ TLS
+# The certificates are made here (a CA, a server cert for 127.0.0.1/localhost, a client
+# cert). A redis-server built without TLS makes the TLS tests fail with that message.
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write(path: str, key, cert: x509.Certificate) -> tuple[str, str]:
+    key_path = path + ".key"
+    cert_path = path + ".crt"
+    with open(key_path, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def _issue(ca_key, ca_name, common_name, *, server: bool):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Python 3.13+ verifies with VERIFY_X509_STRICT, which wants RFC 5280's key
+        # identifiers on every certificate in the chain.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    directory = str(tmp_path_factory.mktemp("tls"))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("crf test CA")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, _ = _write(os.path.join(directory, "ca"), ca_key, ca_cert)
+    server_cert, server_key = _write(
+        os.path.join(directory, "server"), *_issue(ca_key, ca_name, "localhost", server=True)
+    )
+    client_cert, client_key = _write(
+        os.path.join(directory, "client"), *_issue(ca_key, ca_name, "crf client", server=False)
+    )
+    return {
+        "ca_file": ca_file,
+        "cert_file": server_cert,
+        "key_file": server_key,
+        "client_cert_file": client_cert,
+        "client_key_file": client_key,
+    }
+
+
+@pytest.fixture(scope="module")
+def tls_server(certs):
+    server = RedisServer(tls={**certs, "auth_clients": "no"})
+    yield server
+    server.close()
 
 # ------------------------------------------------------------------------------- helpers
 

@@ -8,8 +8,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
+import redis
 from channels.exceptions import ChannelFull
 
 from channels_redis_fast.core import RedisChannelLayer
@@ -190,3 +192,48 @@ async def test_cli_through_sentinel(sentinel, sentinel_hosts):
         assert [(r["kind"], r["name"], r["size"]) for r in rows] == [("channel", "via.sentinel", 1)]
     finally:
         await layer.flush()
+
+
+def test_cli_off_a_terminal_prints_plain_snapshots(redis_url):
+    sync = redis.Redis.from_url(redis_url)
+    sync.zadd("asgiplain.work", {b"m1": time.time(), b"m2": time.time()})
+    result = _cli("--hosts", redis_url, "--interval", "0.05", "--snapshots", "2")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    headers = [line for line in result.stdout.splitlines() if line.startswith("channels_redis_fast stats")]
+    assert len(headers) == 2
+    assert result.stdout.count("1 channel(s) holding 2 message(s); 0 group(s) with 0 member(s)") == 2
+    assert "queue" not in result.stdout
+
+
+def test_cli_on_a_terminal_redraws_in_place(redis_url):
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "channels_redis_fast", "stats", "--hosts", redis_url,
+             "--interval", "0.05", "--snapshots", "2"],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            cwd=tempfile.gettempdir(),
+        )
+        os.close(terminal)
+        terminal = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+        process.stderr.close()
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert output.count(b"\x1b[H\x1b[2J") == 2
+    assert b"0 channel(s) holding 0 message(s)" in output
