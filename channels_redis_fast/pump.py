@@ -19,12 +19,16 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import RedisConnection
+from .reconnect import Backoff, Reachable
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between reconnect attempts while Redis is unreachable (doubling up to).
-RETRY_START = 0.05
-RETRY_MAX = 1.0
+#: Seconds before retrying a receive Redis refused (an ACL, a wrong type): that does not
+#: fix itself soon, and each refusal is logged.
+REFUSED_PAUSE = 1.0
+#: Error replies that pass once the server is ready (a demoted master after a failover,
+#: a restarted server loading its data): retried at the reconnect pace.
+_TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
 
 
 class KeyPump:
@@ -40,8 +44,11 @@ class KeyPump:
         batch: int,
         description: str = "",
         control: RedisConnection | None = None,
+        reachable: Reachable | None = None,
     ) -> None:
         self.connection = connection
+        # Ends a reconnect pause as soon as any connection of the layer reaches the shard.
+        self.reachable = reachable
         # A second connection to the same server, to send CLIENT UNBLOCK on.
         self.control = control
         self.key = key
@@ -121,7 +128,14 @@ class KeyPump:
         return flat
 
     async def _run(self) -> None:
-        delay = RETRY_START
+        try:
+            await self._serve()
+        finally:
+            if self.reachable is not None:
+                self.reachable.resign(self)
+
+    async def _serve(self) -> None:
+        backoff = Backoff()
         while not self.stopping:
             wanted = self.wanted()
             if wanted <= 0:
@@ -131,32 +145,45 @@ class KeyPump:
                 flat = await self._pop(self.batch if self.batch > 0 else wanted)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.errors += 1
-                if self.errors == 1 or self.errors % 50 == 0:
-                    logger.warning("Receive from %s failed (%s); retrying", self.description, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                if backoff.failed():
+                    logger.warning(
+                        "Receive from %s failed (%s); retrying (%d failures so far)",
+                        self.description, exc, backoff.failures,
+                    )
+                await self._pause(backoff.next_delay())
                 continue
             except ResponseError as exc:
                 message = str(exc)
-                if message.startswith("READONLY"):
-                    # A demoted master after a failover: reconnect through discovery.
-                    self.connection.drop()
-                    await asyncio.sleep(delay)
+                if message.startswith(_TRANSIENT_REPLIES):
+                    # A demoted master reconnects through discovery; a loading one is
+                    # asked again.
+                    if message.startswith("READONLY"):
+                        self.connection.drop()
+                    self.errors += 1
+                    if backoff.failed():
+                        logger.warning("Receive from %s not served yet (%s); retrying", self.description, exc)
+                    await self._pause(backoff.next_delay())
                     continue
                 self.errors += 1
                 logger.error("Redis refused a receive on %s: %s", self.description, exc)
-                await asyncio.sleep(RETRY_MAX)
+                await asyncio.sleep(REFUSED_PAUSE)
                 continue
             if self.errors:
                 logger.info("Receive from %s works again", self.description)
                 self.errors = 0
-            delay = RETRY_START
+                backoff.reset()
             if flat:
                 try:
                     self.on_batch(flat)
                 except Exception:  # pragma: no cover - a bug, but never kill the pump
                     logger.exception("Delivering a batch from %s failed", self.description)
-                    await asyncio.sleep(RETRY_MAX)
+                    await asyncio.sleep(REFUSED_PAUSE)
+
+    async def _pause(self, delay: float) -> None:
+        if self.reachable is not None:
+            await self.reachable.pause(self, delay)
+        else:
+            await asyncio.sleep(delay)
 
     async def _unblock(self) -> None:
         if self.control is not None and self.client_id is not None:
