@@ -44,6 +44,11 @@ class Reachable:
         self._prober: object | None = None
         self._prober_seen = 0.0
 
+    @property
+    def probing(self) -> bool:
+        """Is a listener retrying this shard at the reconnect pace right now?"""
+        return self._prober is not None
+
     def notify(self) -> None:
         """A connection to this shard was just made: end every :meth:`wait` now."""
         self._prober = None

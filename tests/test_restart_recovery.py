@@ -196,3 +196,110 @@ async def test_every_message_sent_right_after_a_sentinel_failover_arrives_once(f
         for group in consumers:
             await group.stop()
         await _close(receivers + senders)
+
+
+# -- the wake-up on its own: with a reconnect pace far too slow to matter, only a connection
+# -- of the layer that reaches Redis can bring a listener back within the test's bound.
+
+
+@pytest.fixture
+def slow_retries(monkeypatch):
+    from channels_redis_fast import reconnect
+
+    monkeypatch.setattr(reconnect, "RETRY_START", 600.0)
+    monkeypatch.setattr(reconnect, "RETRY_MAX", 600.0)
+    monkeypatch.setattr(reconnect, "PROBER_STALE", 600.0)
+
+
+async def _until(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_send_reaching_redis_wakes_the_core_pumps(fresh_redis, slow_retries):
+    layer = RedisChannelLayer(hosts=[fresh_redis.url])
+    try:
+        specific = await layer.new_channel()
+        pending = asyncio.ensure_future(layer.receive(specific))
+        worker = asyncio.ensure_future(layer.receive("work.wake"))
+        state = layer._loop_connections()
+        await _until(lambda: len(state.pumps) == 2, "both pumps")
+
+        await asyncio.to_thread(fresh_redis.stop)
+        await _until(lambda: all(pump.errors for pump in state.pumps.values()), "both pumps to fail")
+        assert state.reachable[0].probing
+        await asyncio.to_thread(fresh_redis.start)
+
+        # The send's own connection reaches Redis: both pumps (the prober and the one
+        # waiting on it) pop again at once instead of after their pause.
+        await layer.send(specific, {"type": "after"})
+        await layer.send("work.wake", {"type": "work"})
+        assert await asyncio.wait_for(pending, 10) == {"type": "after"}
+        assert await asyncio.wait_for(worker, 10) == {"type": "work"}
+        assert not state.reachable[0].probing
+    finally:
+        await layer.close_pools()
+
+
+async def test_a_send_reaching_redis_wakes_the_subscriber(fresh_redis, slow_retries):
+    layer = RedisPubSubChannelLayer(hosts=[fresh_redis.url], on_reconnect="back")
+    try:
+        channel = await layer.new_channel()
+        shard = layer._shards[0]
+        await asyncio.to_thread(fresh_redis.stop)
+        await _until(lambda: shard.reachable.probing, "the subscriber's first reconnect attempt")
+        await asyncio.to_thread(fresh_redis.start)
+
+        # Published before the subscriber is back, so lost; but its connection wakes it.
+        await layer.send("elsewhere", {"type": "wake"})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "back"}
+        await layer.send(channel, {"type": "heard"})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "heard"}
+    finally:
+        await layer.close()
+
+
+async def test_a_resigning_prober_hands_over_at_once(slow_retries):
+    from channels_redis_fast.reconnect import Reachable
+
+    reachable = Reachable(asyncio.get_running_loop())
+    prober, follower = object(), object()
+    probing = asyncio.ensure_future(reachable.pause(prober, 600.0))
+    await asyncio.sleep(0)
+    following = asyncio.ensure_future(reachable.pause(follower, 0.0))
+    await asyncio.sleep(0.05)
+    assert not following.done()  # it waits on the prober, not on its own pace
+
+    probing.cancel()
+    reachable.resign(prober)
+    await asyncio.wait_for(following, 10)
+    assert reachable.probing  # the follower probes now
+
+    waiting = [asyncio.ensure_future(reachable.pause(object(), 600.0)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    reachable.notify()
+    await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert not reachable.probing
+
+
+async def test_a_new_subscriber_socket_subscribes_everything_before_anything_else(fresh_redis, slow_retries):
+    layer = RedisPubSubChannelLayer(hosts=[fresh_redis.url])
+    try:
+        first = await layer.new_channel()
+        await layer.group_add("room", first)
+        shard = layer._shards[0]
+        await asyncio.to_thread(fresh_redis.stop)
+        await _until(lambda: shard.reachable.probing, "the subscriber's first reconnect attempt")
+        await asyncio.to_thread(fresh_redis.start)
+
+        # This subscription opens the new socket. The old names were subscribed on it
+        # before it: when its reply is in, Redis has processed theirs too.
+        second = await layer.new_channel()
+        numsub = dict(await asyncio.to_thread(fresh_redis.client().pubsub_numsub, first, "asgi__group__room", second))
+        assert numsub == {first.encode(): 1, b"asgi__group__room": 1, second.encode(): 1}
+        await layer.group_send("room", {"type": "group"})
+        assert await asyncio.wait_for(layer.receive(first), 10) == {"type": "group"}
+    finally:
+        await layer.close()
