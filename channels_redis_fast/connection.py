@@ -292,8 +292,11 @@ class RedisConnection:
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
         name: str = "",
         protocol_factory: Callable[[asyncio.AbstractEventLoop, float], RedisProtocol] | None = None,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
+        # Called after each successful connect: the server is reachable again (reconnect.py).
+        self.on_connect = on_connect
         # Pub/sub connections plug in a protocol that also routes pushed messages.
         self.protocol_factory = protocol_factory or RedisProtocol
         self.loop = loop
@@ -399,6 +402,8 @@ class RedisConnection:
         self._redis_py_connection = connection
         self.protocol = protocol
         self.connects += 1
+        if self.on_connect is not None:
+            self.on_connect()
         return protocol
 
     def _release_redis_py(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, describe_host, make_pool
 from .pump import KeyPump
+from .reconnect import Reachable
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,12 @@ class LoopConnections:
         self.loop = loop
         self.reply_timeout = reply_timeout
         self.pools = [make_pool(host) for host in hosts]
+        # Per shard: any of our connections that reaches it wakes its pumps' reconnect
+        # pauses (a send after an outage usually gets there first).
+        self.reachable = [Reachable(loop) for _ in hosts]
         self.commands = [
-            RedisConnection(pool, loop, reply_timeout, name=describe_host(host))
-            for pool, host in zip(self.pools, hosts)
+            RedisConnection(pool, loop, reply_timeout, name=describe_host(host), on_connect=reachable.notify)
+            for pool, host, reachable in zip(self.pools, hosts, self.reachable)
         ]
         self.pumps: dict[tuple[str, int], KeyPump] = {}
         # key -> its pumps on every shard, so a receive finds them with one lookup.
@@ -53,8 +57,13 @@ class LoopConnections:
         if pump is None:
             # A blocking pop holds its socket for up to ``block`` seconds, so each pump
             # gets its own connection instead of stalling the shared one.
+            reachable = self.reachable[index]
             connection = RedisConnection(
-                self.pools[index], self.loop, self.reply_timeout, name=f"{key}@{index}"
+                self.pools[index],
+                self.loop,
+                self.reply_timeout,
+                name=f"{key}@{index}",
+                on_connect=reachable.notify,
             )
             pump = KeyPump(
                 connection,
@@ -66,6 +75,7 @@ class LoopConnections:
                 description=f"{key} on {describe_host(self.hosts[index])}",
                 control=self.commands[index],
                 on_error=on_error,
+                reachable=reachable,
             )
             self.pumps[(key, index)] = pump
         return pump

@@ -11,8 +11,9 @@ nobody listens. What differs is underneath:
   us for overrunning its pub/sub output-buffer limit.
 * Each local channel has a bounded buffer (``capacity``, default 100). When a consumer falls
   behind, the oldest message is dropped, counted and logged, instead of memory growing.
-* A lost subscriber connection is re-established and every channel and group re-subscribed.
-  ``on_disconnect`` / ``on_reconnect``, if set, are message types pushed to every local
+* A lost subscriber connection is re-established within moments of Redis accepting
+  connections again, and every channel and group re-subscribed before anything else is
+  sent on it (see subscriber.py). ``on_disconnect`` / ``on_reconnect``, if set, are message types pushed to every local
   channel when that happens (the anchor documents them but ignores them).
 * Cancelling ``receive()`` frees the channel and sends UNSUBSCRIBE without awaiting it, and a
   freed channel also leaves its groups, so channel churn does not grow memory.
@@ -28,18 +29,16 @@ import logging
 import time
 import types
 import uuid
-from typing import Any, Awaitable, Iterable
+from typing import Any, Iterable
 
-import hiredis
 from channels.layers import BaseChannelLayer
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, RedisProtocol, describe_host, make_pool
+from .connection import DEFAULT_REPLY_TIMEOUT
 from .exceptions import InvalidMessageError
-from .loop_connections import _close_pool
 from .serializers import registry
 from .speedups import ChannelBuffer
+from .subscriber import Shard
+from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
 
 logger = logging.getLogger(__name__)
@@ -48,13 +47,6 @@ __all__ = ["RedisPubSubChannelLayer", "RedisPubSubLoopLayer"]
 
 #: Seconds between two "messages dropped" warnings from one loop layer.
 DROP_LOG_INTERVAL = 1.0
-#: Re-subscribe back-off after a lost subscriber connection: first and largest delay.
-RECONNECT_DELAY = 0.05
-RECONNECT_MAX_DELAY = 2.0
-#: Seconds of silence on a subscriber socket before we PING it. A subscriber only
-#: listens, so without this a silently dead connection would lose messages forever.
-HEALTH_CHECK_INTERVAL = 30.0
-_MESSAGE = b"message"
 #: Types whose values a shallow dict copy cannot share mutably (see _decode_once).
 _IMMUTABLE_VALUES = frozenset({str, int, float, bool, bytes, type(None)})
 
@@ -272,10 +264,10 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         self._drop_logged_at = 0.0
         self._closed = False
         self.loop = asyncio.get_running_loop()
-        self._shards = [_Shard(self, host, index) for index, host in enumerate(decode_hosts(hosts))]
+        self._shards = [Shard(self, host, index) for index, host in enumerate(decode_hosts(hosts))]
 
     # -- helpers ------------------------------------------------------------------------
-    def _get_shard(self, name: str) -> "_Shard":
+    def _get_shard(self, name: str) -> Shard:
         return self._shards[_consistent_hash(name, len(self._shards))]
 
     def _get_group_channel_name(self, group: str) -> str:
@@ -536,242 +528,3 @@ def _default_serializer() -> Any:
 
 
 _fallback_serializer: Any = None
-
-
-class _SubscriberProtocol(RedisProtocol):
-    """A subscriber socket: pushed messages are routed, other frames answer commands.
-
-    Each SUBSCRIBE/UNSUBSCRIBE we send names exactly one channel, so Redis answers it with
-    exactly one confirmation frame, which keeps the base class's in-order matching of
-    replies to commands valid while ``message`` frames are interleaved.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float, shard: "_Shard") -> None:
-        super().__init__(loop, reply_timeout)
-        self.shard = shard
-        self.targets = shard.layer._targets
-        self._health: asyncio.TimerHandle | None = None
-
-    def attach(self, transport: asyncio.Transport) -> None:
-        super().attach(transport)
-        self._health = self.loop.call_later(HEALTH_CHECK_INTERVAL, self._health_check)
-
-    def _health_check(self) -> None:
-        self._health = None
-        if self.closed is not None:
-            return
-        if not self._pending and time.monotonic() - self._last_reply >= HEALTH_CHECK_INTERVAL:
-            # The base class's reply watchdog aborts the socket if the PONG never comes,
-            # which then triggers the re-subscribe.
-            self.execute(("PING",)).add_done_callback(_consume_result)
-        self._health = self.loop.call_later(HEALTH_CHECK_INTERVAL, self._health_check)
-
-    def data_received(self, data: bytes) -> None:
-        # The hot loop of a burst: hiredis parses, we route. Routing state only changes in
-        # other tasks, so the targets of the last channel name seen stay valid for the
-        # whole call, and drops are accounted once at the end (~2x faster than routing
-        # every frame through the layer).
-        reader = self._reader
-        reader.feed(data)
-        self._last_reply = time.monotonic()
-        pending = self._pending
-        last_name = None
-        targets: tuple[_LocalChannel, ...] = ()
-        decode_once = self.shard.layer._decode_once
-        dropped = 0
-        try:
-            while True:
-                reply = reader.gets()
-                if reply is False:
-                    return
-                if type(reply) is list and len(reply) == 3 and reply[0] == _MESSAGE:
-                    name = reply[1]
-                    if name != last_name:
-                        targets = self.targets(name)
-                        last_name = name
-                    payload = reply[2]
-                    if len(targets) > 1:
-                        payload = decode_once(payload)
-                    for local in targets:
-                        # put()'s hand-over, inlined for the common case of a burst:
-                        # one receiver waiting on an empty buffer.
-                        waiters = local.waiters
-                        if waiters and not local.handed and not local.buffer:
-                            waiter = waiters[0]
-                            if not waiter.done():
-                                waiters.popleft()
-                                waiter.set_result(payload)
-                                local.handed = True
-                                continue
-                        if local.put(payload):
-                            dropped += 1
-                    continue
-                if not pending:
-                    self.abort(RedisConnectionError(f"Unexpected frame on a subscriber connection: {reply!r:.80}"))
-                    return
-                future = pending.popleft()[0]
-                if not future.done():
-                    if isinstance(reply, ResponseError):
-                        if str(reply).startswith(("NOAUTH", "WRONGPASS")):
-                            # As the base protocol and redis-py report it.
-                            reply = AuthenticationError(str(reply))
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
-        except hiredis.ProtocolError as exc:
-            self.abort(RedisConnectionError(f"Protocol error from Redis: {exc}"))
-        finally:
-            if dropped:
-                self.shard.layer._note_drops(dropped, last_name.decode("utf-8", "replace") if last_name else "?")
-
-    def _shutdown(self, error: BaseException) -> None:
-        first = self.closed is None
-        super()._shutdown(error)
-        if self._health is not None:
-            self._health.cancel()
-            self._health = None
-        if first:
-            self.shard._subscriber_lost(self)
-
-
-class _RedisHandle:
-    """What ``layer._shards[i]._redis`` is.
-
-    channels_redis keeps a redis-py client there and its test suite closes it
-    (``_close_redis(layer._shards[0]._redis)``) to simulate a lost connection. Closing
-    this handle does exactly that to our sockets: both are aborted, the layer reconnects
-    and re-subscribes by itself.
-    """
-
-    def __init__(self, shard: "_Shard") -> None:
-        self._shard = shard
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        self._shard.drop(RedisConnectionError("Connection closed through _redis.aclose()"))
-
-    close = aclose
-
-
-class _Shard:
-    """One Redis host: a multiplexed connection for PUBLISH and one subscriber socket."""
-
-    def __init__(self, layer: RedisPubSubLoopLayer, host: dict[str, Any], index: int) -> None:
-        self.layer = layer
-        self.host = host
-        self.index = index
-        self.name = describe_host(host)
-        self.pool = make_pool(host)
-        self._redis = _RedisHandle(self)
-        #: Names that should be subscribed: replayed on every reconnect.
-        self.wanted: set[str] = set()
-        self._supervisor: asyncio.Task | None = None
-        self._announced_up = True
-        self._new_connections()
-
-    def _new_connections(self) -> None:
-        loop = self.layer.loop
-        timeout = self.layer.reply_timeout
-        self.closing = False
-        self.publisher = RedisConnection(self.pool, loop, timeout, name=f"publish@{self.name}")
-        self.subscriber = RedisConnection(
-            self.pool,
-            loop,
-            timeout,
-            name=f"subscribe@{self.name}",
-            protocol_factory=functools.partial(_SubscriberProtocol, shard=self),
-        )
-
-    def publish(self, channel: str, data: bytes) -> Awaitable[int]:
-        return self.publisher.execute("PUBLISH", channel, data)
-
-    async def subscribe(self, name: str) -> None:
-        self.wanted.add(name)
-        protocol = await self.subscriber.connect()
-        # It may have been freed while we connected; never subscribe a name nobody wants.
-        if name in self.wanted:
-            await protocol.execute(("SUBSCRIBE", name))
-
-    def unsubscribe_nowait(self, name: str) -> asyncio.Future | None:
-        """Queue an UNSUBSCRIBE without waiting for it (safe inside cancellation)."""
-        self.wanted.discard(name)
-        protocol = self.subscriber.protocol
-        if protocol is None or protocol.closed is not None:
-            return None  # the next connection simply will not subscribe it
-        future = protocol.execute(("UNSUBSCRIBE", name))
-        future.add_done_callback(_consume_result)
-        return future
-
-    async def unsubscribe(self, name: str) -> None:
-        future = self.unsubscribe_nowait(name)
-        if future is not None:
-            try:
-                await asyncio.shield(future)
-            except RedisError:
-                pass  # the connection went away: that unsubscribes too
-
-    # -- connection loss and recovery -------------------------------------------------------
-    def _subscriber_lost(self, protocol: _SubscriberProtocol) -> None:
-        if self.closing or self.layer._closed:
-            return
-        if not self.wanted:
-            return  # nothing was subscribed here: reconnect lazily on next use
-        logger.warning("Pub/sub connection to %s lost (%s); re-subscribing", self.name, protocol.closed)
-        if self._announced_up:
-            self._announced_up = False
-            self.layer._notify_all(self.layer.on_disconnect)
-        if self._supervisor is None or self._supervisor.done():
-            self._supervisor = self.layer.loop.create_task(self._resubscribe())
-
-    async def _resubscribe(self) -> None:
-        delay = RECONNECT_DELAY
-        while not self.closing:
-            try:
-                protocol = await self.subscriber.connect()
-                names = list(self.wanted)
-                # One command per name (see _SubscriberProtocol); they leave in one write.
-                await asyncio.gather(*protocol.execute_pipeline([("SUBSCRIBE", n) for n in names]))
-                if protocol.closed is None:
-                    break
-            except (RedisError, OSError) as exc:
-                logger.info("Re-subscribing on %s failed (%s); retrying in %.2fs", self.name, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_DELAY)
-        if not self.closing:
-            logger.info("Pub/sub connection to %s restored (%d subscriptions)", self.name, len(self.wanted))
-            self._announced_up = True
-            self.layer._notify_all(self.layer.on_reconnect)
-
-    def drop(self, error: BaseException) -> None:
-        """Abort both sockets as a network failure would (they reconnect by themselves)."""
-        self.publisher.drop(error)
-        self.subscriber.drop(error)
-
-    # -- shutdown ---------------------------------------------------------------------------
-    async def _close_connections(self) -> None:
-        self.closing = True
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None and not supervisor.done():
-            supervisor.cancel()
-            try:
-                await supervisor
-            except asyncio.CancelledError:
-                pass
-        await self.publisher.close()
-        await self.subscriber.close()
-        self.wanted = set()
-        self._announced_up = True
-
-    async def reset(self) -> None:
-        """Close the sockets and start over with fresh, lazily opened ones (flush)."""
-        await self._close_connections()
-        self._new_connections()
-
-    async def close(self) -> None:
-        await self._close_connections()
-        await _close_pool(self.pool)
-
-
-def _consume_result(future: asyncio.Future) -> None:
-    # Fire-and-forget commands: a lost connection is not an error worth a log line.
-    if not future.cancelled():
-        future.exception()

@@ -21,12 +21,16 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import RedisConnection
+from .reconnect import Backoff, Reachable
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between reconnect attempts while Redis is unreachable (doubling up to).
-RETRY_START = 0.05
-RETRY_MAX = 1.0
+#: Seconds before retrying a receive Redis refused (an ACL, a wrong type): that does not
+#: fix itself soon, and each refusal is logged.
+REFUSED_PAUSE = 1.0
+#: Error replies that pass once the server is ready (a demoted master after a failover,
+#: a restarted server loading its data): retried at the reconnect pace.
+_TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
 
 
 class KeyPump:
@@ -43,8 +47,11 @@ class KeyPump:
         description: str = "",
         control: RedisConnection | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        reachable: Reachable | None = None,
     ) -> None:
         self.connection = connection
+        # Ends a reconnect pause as soon as any connection of the layer reaches the shard.
+        self.reachable = reachable
         # A second connection to the same server, to send CLIENT UNBLOCK on.
         self.control = control
         self.key = key
@@ -238,9 +245,11 @@ class KeyPump:
             await self._serve()
         finally:
             self._send_removal()
+            if self.reachable is not None:
+                self.reachable.resign(self)
 
     async def _serve(self) -> None:
-        delay = RETRY_START
+        backoff = Backoff()
         while not self.stopping:
             wanted = self.wanted()
             if wanted > 0:
@@ -262,21 +271,28 @@ class KeyPump:
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.errors += 1
-                if self.errors == 1 or self.errors % 50 == 0:
-                    logger.warning("Receive from %s failed (%s); retrying", self.description, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                if backoff.failed():
+                    logger.warning(
+                        "Receive from %s failed (%s); retrying (%d failures so far)",
+                        self.description, exc, backoff.failures,
+                    )
+                await self._pause(backoff.next_delay())
                 continue
             except ResponseError as exc:
                 message = str(exc)
-                if message.startswith("READONLY"):
-                    # A demoted master after a failover: reconnect through discovery.
-                    self.connection.drop()
-                    await asyncio.sleep(delay)
+                if message.startswith(_TRANSIENT_REPLIES):
+                    # A demoted master reconnects through discovery; a loading one is
+                    # asked again.
+                    if message.startswith("READONLY"):
+                        self.connection.drop()
+                    self.errors += 1
+                    if backoff.failed():
+                        logger.warning("Receive from %s not served yet (%s); retrying", self.description, exc)
+                    await self._pause(backoff.next_delay())
                     continue
                 self.errors += 1
                 logger.error("Redis refused a receive on %s: %s", self.description, exc)
-                await asyncio.sleep(RETRY_MAX)
+                await asyncio.sleep(REFUSED_PAUSE)
                 continue
             except Exception as exc:  # noqa: BLE001 - a host option redis-py refused
                 self._fail(exc)
@@ -284,13 +300,13 @@ class KeyPump:
             if self.errors:
                 logger.info("Receive from %s works again", self.description)
                 self.errors = 0
-            delay = RETRY_START
+                backoff.reset()
             if flat:
                 try:
                     self.on_batch(flat)
                 except Exception:  # pragma: no cover - a bug, but never kill the pump
                     logger.exception("Delivering a batch from %s failed", self.description)
-                    await asyncio.sleep(RETRY_MAX)
+                    await asyncio.sleep(REFUSED_PAUSE)
                 # Let the receivers this batch woke run before ``wanted()`` is read again:
                 # until they do, they still count as waiting, and popping another batch
                 # for them would push a slow consumer's buffer past its bound, dropping
@@ -301,6 +317,12 @@ class KeyPump:
         logger.error("Cannot receive from %s: %s: %s", self.description, type(exc).__name__, exc)
         if self.on_error is not None:
             self.on_error(exc)
+
+    async def _pause(self, delay: float) -> None:
+        if self.reachable is not None:
+            await self.reachable.pause(self, delay)
+        else:
+            await asyncio.sleep(delay)
 
     async def _unblock(self) -> None:
         if self.control is not None and self.client_id is not None:

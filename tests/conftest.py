@@ -185,6 +185,22 @@ def fresh_redis():
     server.close()
 
 
+@pytest.fixture
+def failover_set():
+    """A private master, its replica and a Sentinel that knows both: fail the master over."""
+    master = _start(RedisServer)
+    replica = sentinel = None
+    try:
+        replica = _start(RedisServer, replicaof=(master.host, master.port))
+        sentinel = _start(SentinelServer, master, name="crf-failover")
+        sentinel.wait_for_replicas(1)
+        yield master, replica, sentinel
+    finally:
+        for server in (sentinel, replica, master):
+            if server is not None:
+                server.close()
+
+
 # ------------------------------------------------------------------------------------ TLS
 # The certificates are made here (a CA, a server cert for 127.0.0.1/localhost, a client
 # cert). A redis-server built without TLS makes the TLS tests fail with that message.

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channels_redis_fast.core import RedisChannelLayer
-from channels_redis_fast.testing import RedisServer, SentinelServer
+from channels_redis_fast.testing import SentinelServer
 
 
 @pytest.fixture(autouse=True)
@@ -187,21 +187,6 @@ def _scripts():
     from channels_redis_fast.scripts import group_send_script, send_script
 
     return [send_script, group_send_script]
-
-
-@pytest.fixture
-def failover_set():
-    master = RedisServer()
-    replica = sentinel = None
-    try:
-        replica = RedisServer(replicaof=(master.host, master.port))
-        sentinel = SentinelServer(master, name="crf-failover")
-        sentinel.wait_for_replicas(1)
-        yield master, replica, sentinel
-    finally:
-        for server in (sentinel, replica, master):
-            if server is not None:
-                server.close()
 
 
 async def test_sentinel_failover_keeps_sending_and_receiving(failover_set):

@@ -312,9 +312,9 @@ async def test_subscribe_failure_leaves_no_channel(fresh_redis):
 
 async def test_silent_dead_subscriber_is_detected_by_ping(fresh_redis, monkeypatch):
     """A frozen server never closes the socket; the idle PING notices and we recover."""
-    from channels_redis_fast import pubsub
+    from channels_redis_fast import subscriber
 
-    monkeypatch.setattr(pubsub, "HEALTH_CHECK_INTERVAL", 0.2)
+    monkeypatch.setattr(subscriber, "HEALTH_CHECK_INTERVAL", 0.2)
     layer = RedisPubSubChannelLayer(
         hosts=[fresh_redis.url], reply_timeout=0.5, on_disconnect="down", on_reconnect="up"
     )
