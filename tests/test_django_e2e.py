@@ -132,17 +132,6 @@ def other_clients(redis: RedisServer) -> list[dict]:
     return [entry for entry in client.client_list() if int(entry["id"]) != me]
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def group_key(room: str) -> bytes:
     return f"asgi:group:chat_{room}".encode()
 

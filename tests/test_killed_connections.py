@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
-import redis
 from channels.exceptions import ChannelFull
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError

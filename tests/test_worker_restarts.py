@@ -68,6 +68,29 @@ def _ids(output: str) -> list[int]:
     return [int(line) for line in output.split() if line.strip().isdigit()]
 
 
+def _queue_tasks(url: str) -> None:
+    async def fill():
+        layer = RedisChannelLayer(hosts=[url], capacity=TASKS)
+        for i in range(TASKS):
+            await layer.send("tasks", {"type": "t", "i": i})
+        await layer.close_pools()
+
+    asyncio.run(fill())
+
+
+def _drain(url: str) -> list[int]:
+    """One last worker takes what is left, then stops gracefully; the ids it took."""
+    client = redis.Redis.from_url(url)
+    worker = _start_worker(url)
+    deadline = time.monotonic() + 60
+    while client.zcard("asgitasks") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=30)
+    return _ids(out)
+
+
 async def test_minimal_graceful_stop_hands_back_the_popped_task(redis_url):
     first = RedisChannelLayer(hosts=[redis_url])
     for i in range(3):
@@ -85,13 +108,7 @@ async def test_minimal_graceful_stop_hands_back_the_popped_task(redis_url):
 
 
 def test_graceful_restarts_lose_and_repeat_nothing(redis_url):
-    async def fill():
-        layer = RedisChannelLayer(hosts=[redis_url], capacity=TASKS)
-        for i in range(TASKS):
-            await layer.send("tasks", {"type": "t", "i": i})
-        await layer.close_pools()
-
-    asyncio.run(fill())
+    _queue_tasks(redis_url)
     client = redis.Redis.from_url(redis_url)
     seen: list[int] = []
     for _ in range(RESTARTS):
@@ -101,14 +118,7 @@ def test_graceful_restarts_lose_and_repeat_nothing(redis_url):
         out, _ = worker.communicate(timeout=30)
         assert worker.returncode == 0
         seen.extend(_ids(out))
-    worker = _start_worker(redis_url)  # the last one drains the queue
-    deadline = time.monotonic() + 60
-    while client.zcard("asgitasks") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
-    worker.send_signal(signal.SIGTERM)
-    out, _ = worker.communicate(timeout=30)
-    seen.extend(_ids(out))
+    seen.extend(_drain(redis_url))
     assert client.zcard("asgitasks") == 0
     lost = sorted(set(range(TASKS)) - set(seen))
     assert lost == [], f"{len(lost)} tasks lost: {lost[:20]}"
@@ -122,14 +132,7 @@ def test_sigkill_loses_at_most_the_task_in_hand(redis_url):
     on a crash, each crash losing at most one message per receive that was waiting.
     """
 
-    async def fill():
-        layer = RedisChannelLayer(hosts=[redis_url], capacity=TASKS)
-        for i in range(TASKS):
-            await layer.send("tasks", {"type": "t", "i": i})
-        await layer.close_pools()
-
-    asyncio.run(fill())
-    client = redis.Redis.from_url(redis_url)
+    _queue_tasks(redis_url)
     seen: list[int] = []
     kills = 4
     for _ in range(kills):
@@ -138,14 +141,7 @@ def test_sigkill_loses_at_most_the_task_in_hand(redis_url):
         worker.kill()
         out, _ = worker.communicate(timeout=30)
         seen.extend(_ids(out))
-    worker = _start_worker(redis_url)
-    deadline = time.monotonic() + 60
-    while client.zcard("asgitasks") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
-    worker.send_signal(signal.SIGTERM)
-    out, _ = worker.communicate(timeout=30)
-    seen.extend(_ids(out))
+    seen.extend(_drain(redis_url))
     lost = sorted(set(range(TASKS)) - set(seen))
     print(f"SIGKILL: {len(lost)} of {TASKS} tasks lost by {kills} kills")
     assert len(lost) <= kills, f"{len(lost)} tasks lost by {kills} kills: {lost}"
