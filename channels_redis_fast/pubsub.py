@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Iterable
 
 import hiredis
 from channels.layers import BaseChannelLayer
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, RedisProtocol, describe_host, make_pool
@@ -611,10 +611,7 @@ class _SubscriberProtocol(RedisProtocol):
                     return
                 future = pending.popleft()[0]
                 if not future.done():
-                    if isinstance(reply, ResponseError):
-                        if str(reply).startswith(("NOAUTH", "WRONGPASS")):
-                            # As the base protocol and redis-py report it.
-                            reply = AuthenticationError(str(reply))
+                    if isinstance(reply, RedisError):  # redis-py's class for it (see reply_error)
                         future.set_exception(reply)
                     else:
                         future.set_result(reply)
