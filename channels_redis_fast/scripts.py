@@ -48,6 +48,7 @@ end
 # ARGV: member, score (send time), expiry cutoff, capacity, key ttl (whole seconds)
 SEND = REFUSED + HAS_ROOM + """
 if not has_room(KEYS[1], ARGV[3], tonumber(ARGV[4])) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
     return 0
 end
 local added = redis.pcall('ZADD', KEYS[1], ARGV[2], ARGV[1])
