@@ -25,10 +25,20 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .exceptions import ReplyLostError
 from .speedups import encode_command, encode_commands
+
+try:
+    # Every redis-py from 5 to 8 keeps its reply-error table (OOM -> OutOfMemoryError,
+    # READONLY -> ReadOnlyError, ...) on the base parser.
+    from redis._parsers.base import BaseParser
+
+    _parse_error: Callable[[str], Exception] = BaseParser.parse_error
+except (ImportError, AttributeError):  # pragma: no cover - a redis-py we do not know
+    _parse_error = ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +53,19 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: written, so a retry cannot duplicate it; this rides out a restart or a sentinel
 #: failover (discovery briefly finds no healthy master) without failing the caller.
 CONNECT_RETRY_SECONDS = 2.0
-#: Error replies that mean "not logged in" (a server that started asking for a password).
-_AUTH_ERRORS = ("NOAUTH", "WRONGPASS")
+
+
+def reply_error(message: str) -> Exception:
+    """The exception redis-py raises for the error reply ``message``.
+
+    Same class (OutOfMemoryError, ReadOnlyError, NoScriptError, BusyLoadingError,
+    AuthenticationError, NoPermissionError, ...) and attributes; the text keeps Redis's
+    error code in front ("READONLY You can't write..."), where redis-py drops it.
+    """
+    error = _parse_error(message)
+    if error.args != (message,):
+        error.args = (message,)
+    return error
 
 
 def make_pool(host: dict[str, Any]) -> ConnectionPool:
@@ -102,7 +123,7 @@ class RedisProtocol(asyncio.Protocol):
         self.reply_timeout = reply_timeout
         self.transport: asyncio.Transport | None = None
         self.closed: BaseException | None = None
-        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._reader = hiredis.Reader(replyError=reply_error)
         # (future, extra seconds this reply may take because the command blocks)
         self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         self._queued: list[Sequence[Arg]] = []
@@ -143,10 +164,7 @@ class RedisProtocol(asyncio.Protocol):
             # A cancelled caller's reply is consumed and dropped, keeping the stream
             # in step for everyone after it.
             if not future.done():
-                if isinstance(reply, ResponseError):
-                    if str(reply).startswith(_AUTH_ERRORS):
-                        # As redis-py reports them: a ConnectionError, not a ResponseError.
-                        reply = AuthenticationError(str(reply))
+                if isinstance(reply, RedisError):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
@@ -176,16 +194,17 @@ class RedisProtocol(asyncio.Protocol):
         """Queue one command; the returned future resolves to its reply."""
         future = self.loop.create_future()
         if self.closed is not None:
-            future.set_exception(self.closed)
+            future.set_exception(self._not_sent_error())
             return future
         if not self._pending:
             self._last_reply = time.monotonic()
-            if self._flush_handle is None and self.transport is not None:
+            transport = self.transport
+            if self._flush_handle is None and transport is not None and not transport.is_closing():
                 # An idle connection writes at once: a lone request/response exchange
                 # skips the loop iteration that batching costs; commands issued while
                 # replies are outstanding are batched into one write.
                 self._pending.append((future, block))
-                self.transport.write(encode_command(args))
+                transport.write(encode_command(args))
                 if self._watchdog is None:
                     self._arm_watchdog()
                 return future
@@ -207,8 +226,9 @@ class RedisProtocol(asyncio.Protocol):
         """
         futures = [self.loop.create_future() for _ in commands]
         if self.closed is not None:
+            error = self._not_sent_error()
             for future in futures:
-                future.set_exception(self.closed)
+                future.set_exception(error)
             return futures
         idle = not self._pending
         if idle:
@@ -216,8 +236,9 @@ class RedisProtocol(asyncio.Protocol):
         pending = self._pending
         for index, future in enumerate(futures):
             pending.append((future, block if index == blocking else 0.0))
-        if idle and self._flush_handle is None and self.transport is not None:
-            self.transport.write(encode_commands(commands))
+        transport = self.transport
+        if idle and self._flush_handle is None and transport is not None and not transport.is_closing():
+            transport.write(encode_commands(commands))
         else:
             self._queued.extend(commands)
             if self._flush_handle is None:
@@ -228,9 +249,12 @@ class RedisProtocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_handle = None
-        queued, self._queued = self._queued, []
-        if queued and self.transport is not None and self.closed is None:
-            self.transport.write(encode_commands(queued))
+        transport = self.transport
+        # A closing transport drops writes silently: keep them queued, so that
+        # _shutdown reports them as never sent.
+        if self._queued and transport is not None and self.closed is None and not transport.is_closing():
+            queued, self._queued = self._queued, []
+            transport.write(encode_commands(queued))
 
     def _arm_watchdog(self) -> None:
         self._watchdog = self.loop.call_later(self.reply_timeout / 2, self._check_replies)
@@ -264,14 +288,47 @@ class RedisProtocol(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        # Commands still queued are the newest pending ones and never reached the
+        # socket: Redis cannot have run them. Those written before them may have run.
+        unsent = len(self._queued)
         self._queued.clear()
         self._on_reply.clear()
-        while self._pending:
-            future = self._pending.popleft()[0]
-            if not future.done():
-                future.set_exception(self.closed)
+        pending = self._pending
+        if pending:
+            written = len(pending) - unsent
+            if written > 0:
+                lost = self._reply_lost_error()
+                for _ in range(written):
+                    future = pending.popleft()[0]
+                    if not future.done():
+                        future.set_exception(lost)
+            if pending:
+                not_sent = self._not_sent_error()
+                while pending:
+                    future = pending.popleft()[0]
+                    if not future.done():
+                        future.set_exception(not_sent)
         if not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
+
+    def _reply_lost_error(self) -> BaseException:
+        """For a command written before the connection closed: it may have run."""
+        closed = self.closed
+        if type(closed) is RedisConnectionError:
+            lost = ReplyLostError(f"{closed} (the command was sent; whether Redis ran it is unknown)")
+            lost.__cause__ = closed
+            return lost
+        # A TimeoutError says as much already; other reasons are kept as they are.
+        return closed  # type: ignore[return-value]
+
+    def _not_sent_error(self) -> BaseException:
+        """For a command that never reached the socket: a plain ConnectionError."""
+        closed = self.closed
+        if isinstance(closed, RedisConnectionError) and not isinstance(closed, ReplyLostError):
+            return closed
+        not_sent = RedisConnectionError(f"{closed} (the command was not sent)")
+        not_sent.__cause__ = closed
+        return not_sent
 
     async def wait_closed(self) -> None:
         await self._closed_waiter

@@ -30,7 +30,7 @@ from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
 from .group_plan import NO_DESTINATIONS, GroupPlan, GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
-from .scripts import Script, group_send_known_script, group_send_script, send_script
+from .scripts import Script, group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
@@ -522,9 +522,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         key = self._group_key(group)
         self._group_plans.pop(group, None)
         connection = self._loop_connections().commands[self.consistent_hash(group)]
-        await connection.execute_many(
-            [("ZADD", key, time.time(), channel), ("EXPIRE", key, max(1, math.ceil(self.group_expiry)))]
-        )
+        # A script, so that a Redis out of memory refuses the ZADD and the EXPIRE alike.
+        await group_add_script(connection, [key], [time.time(), channel, max(1, math.ceil(self.group_expiry))])
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)

@@ -1,4 +1,4 @@
-"""Errors raised for bad input.
+"""The package's own exceptions: bad input, and a send whose outcome is unknown.
 
 channels_redis validates with ``assert``, so its callers catch AssertionError and its
 checks vanish under ``python -O``. Ours are raised explicitly and subclass
@@ -6,8 +6,15 @@ AssertionError too, so existing ``except AssertionError`` code keeps working.
 """
 
 from channels.exceptions import ChannelFull
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["ChannelFull", "InvalidMessageError", "ReservedKeyError", "WrongClientPrefixError"]
+__all__ = [
+    "ChannelFull",
+    "InvalidMessageError",
+    "ReplyLostError",
+    "ReservedKeyError",
+    "WrongClientPrefixError",
+]
 
 
 class InvalidMessageError(AssertionError, TypeError):
@@ -20,3 +27,13 @@ class ReservedKeyError(AssertionError, ValueError):
 
 class WrongClientPrefixError(AssertionError, ValueError):
     """A receive on a process-specific channel that another layer instance made."""
+
+
+class ReplyLostError(RedisConnectionError):
+    """The connection was lost after the command was sent and before its reply came.
+
+    Redis may or may not have run it, so retrying a send may deliver the message twice.
+    A plain redis ConnectionError, by contrast, means the command never left this
+    process and is safe to retry. Subclassing ConnectionError keeps existing
+    ``except ConnectionError`` handlers working.
+    """

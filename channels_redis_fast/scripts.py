@@ -3,6 +3,13 @@
 Each layer operation is one script so that it costs one round trip and cannot be
 interleaved with another client's commands on the same keys. Keys, scores and members
 are exactly those channels_redis 4.x reads and writes.
+
+Under ``maxmemory`` with ``noeviction`` Redis refuses a memory-growing command inside a
+script only while the script has not written anything yet: after a first write it cannot
+stop half way. So every script only reads until its first ZADD, which goes through
+``redis.pcall``: that is where a full Redis refuses the whole operation, with nothing
+written, and the caller gets redis-py's OutOfMemoryError. Pruning expired members and
+EXPIRE come after it. The reads use only commands the README's ACL rule already grants.
 """
 
 from __future__ import annotations
@@ -10,40 +17,85 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .connection import RedisConnection
 
+# A redis.pcall error as a plain error reply. Redis 6.2 hands pcall errors over as
+# "@user_script: 3: -OOM ...\r\n", which would hide the error code from clients.
+REFUSED = """
+local function refused(reply)
+    local message = string.match(reply.err, '^@[^:]*: %d+: %-(.*)$') or reply.err
+    return redis.error_reply((string.gsub(message, '%s+$', '')))
+end
+"""
+
+# Whether ``key`` has fewer live members (score >= cutoff) than ``capacity``, found
+# without pruning: past capacity - 1 members the rest must be expired, so at most that
+# many expired ones are fetched (none below capacity, one at it).
+HAS_ROOM = """
+local function has_room(key, cutoff, capacity)
+    local size = redis.call('ZCARD', key)
+    if size < capacity then
+        return true
+    end
+    local need = size - capacity + 1
+    return #redis.call('ZRANGE', key, '-inf', '(' .. cutoff, 'BYSCORE', 'LIMIT', 0, need) >= need
+end
+"""
+
 # KEYS[1] channel key
 # ARGV: member, score (send time), expiry cutoff, capacity, key ttl (whole seconds)
-SEND = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+SEND = REFUSED + HAS_ROOM + """
+if not has_room(KEYS[1], ARGV[3], tonumber(ARGV[4])) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
     return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local added = redis.pcall('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if type(added) == 'table' then
+    return refused(added)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
+# For the group scripts: the message ARGV[mbase + i] goes to KEYS[kbase + i] (i = 1..n)
+# where there is room (capacity ARGV[cbase + i]), then all n keys are pruned. Returns how
+# many keys were at capacity (their message is dropped, as the spec wants for group
+# sends), or an error reply when Redis refused the first ZADD, with nothing written.
+DELIVER = REFUSED + HAS_ROOM + """
+local function deliver(kbase, n, score, cutoff, ttl, mbase, cbase)
+    local open = {}
+    for i = 1, n do
+        if has_room(KEYS[kbase + i], cutoff, tonumber(ARGV[cbase + i])) then
+            open[#open + 1] = i
+        end
+    end
+    for j = 1, #open do
+        local i = open[j]
+        local key = KEYS[kbase + i]
+        if j == 1 then
+            local added = redis.pcall('ZADD', key, score, ARGV[mbase + i])
+            if type(added) == 'table' then
+                return refused(added)
+            end
+        else
+            redis.call('ZADD', key, score, ARGV[mbase + i])
+        end
+        redis.call('EXPIRE', key, ttl)
+    end
+    for i = 1, n do
+        redis.call('ZREMRANGEBYSCORE', KEYS[kbase + i], '-inf', '(' .. cutoff)
+    end
+    return n - #open
+end
+"""
+
 # KEYS: n channel keys
 # ARGV: score, expiry cutoff, key ttl, member_1..member_n, capacity_1..capacity_n
-# Returns how many keys were at capacity (their message is dropped, as the spec
-# wants for group sends).
-GROUP_SEND = """
-local n = #KEYS
-local over = 0
-for i = 1, n do
-    local key = KEYS[i]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[2])
-    if redis.call('ZCARD', key) < tonumber(ARGV[3 + n + i]) then
-        redis.call('ZADD', key, ARGV[1], ARGV[3 + i])
-        redis.call('EXPIRE', key, ARGV[3])
-    else
-        over = over + 1
-    end
-end
-return over
+GROUP_SEND = DELIVER + """
+return deliver(0, #KEYS, ARGV[1], ARGV[2], ARGV[3], 3, 3 + #KEYS)
 """
 
 # As GROUP_SEND, after checking that the group still has the members a cached plan was
@@ -51,25 +103,29 @@ return over
 # KEYS[1] group key, KEYS[2..n+1] channel keys
 # ARGV: group cutoff ("(score"), member digest, score, expiry cutoff, key ttl,
 #       member_1..member_n, capacity_1..capacity_n
-GROUP_SEND_KNOWN = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+GROUP_SEND_KNOWN = DELIVER + """
+local members = redis.call('ZRANGE', KEYS[1], string.sub(ARGV[1], 2), '+inf', 'BYSCORE')
 if #members == 0 or redis.sha1hex(table.concat(members, '\\n')) ~= ARGV[2] then
     return -1
 end
 local n = #KEYS - 1
-local over = 0
-for i = 1, n do
-    local key = KEYS[i + 1]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[4])
-    if redis.call('ZCARD', key) < tonumber(ARGV[5 + n + i]) then
-        redis.call('ZADD', key, ARGV[3], ARGV[5 + i])
-        redis.call('EXPIRE', key, ARGV[5])
-    else
-        over = over + 1
-    end
+local over = deliver(1, n, ARGV[3], ARGV[4], ARGV[5], 5, 5 + n)
+if type(over) == 'table' then
+    return over
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return over
+"""
+
+# KEYS[1] group key
+# ARGV: score (now), channel, key ttl (whole seconds)
+GROUP_ADD = REFUSED + """
+local added = redis.pcall('ZADD', KEYS[1], ARGV[1], ARGV[2])
+if type(added) == 'table' then
+    return refused(added)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return added
 """
 
 
@@ -100,7 +156,7 @@ class Script:
         Hot paths await ``connection.execute("EVALSHA", ...)`` themselves (one coroutine
         less per call) and come here only when it failed.
         """
-        if not str(exc).startswith("NOSCRIPT"):
+        if not isinstance(exc, NoScriptError):
             raise exc
         return await connection.execute("EVAL", self.source, len(keys), *keys, *args)
 
@@ -108,3 +164,4 @@ class Script:
 send_script = Script(SEND)
 group_send_script = Script(GROUP_SEND)
 group_send_known_script = Script(GROUP_SEND_KNOWN)
+group_add_script = Script(GROUP_ADD)

@@ -19,7 +19,7 @@ import time
 from typing import Any, Awaitable, Protocol
 
 import hiredis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .connection import RedisConnection, RedisProtocol, describe_host, make_pool
@@ -144,10 +144,7 @@ class SubscriberProtocol(RedisProtocol):
                     return
                 future = pending.popleft()[0]
                 if not future.done():
-                    if isinstance(reply, ResponseError):
-                        if str(reply).startswith(("NOAUTH", "WRONGPASS")):
-                            # As the base protocol and redis-py report it.
-                            reply = AuthenticationError(str(reply))
+                    if isinstance(reply, RedisError):  # redis-py's class for it (see reply_error)
                         future.set_exception(reply)
                     else:
                         future.set_result(reply)
