@@ -410,10 +410,15 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 self.brpop_timeout,
                 batch,
                 self._fail_waiters,
+                None if general else self._all_taken,
             )
             pump.ensure_running()
             pumps.append(pump)
         state.key_pumps[key] = pumps
+
+    def _all_taken(self) -> bool:
+        """No local buffer holds a message (emptied ones may stay for their receiver)."""
+        return not any(map(len, self.receive_buffer.values()))
 
     def _deliver_process_batch(self, flat: list) -> None:
         now = time.time()

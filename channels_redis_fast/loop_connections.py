@@ -52,6 +52,7 @@ class LoopConnections:
         block: float,
         batch: int,
         on_error: Callable[[BaseException], None] | None = None,
+        all_taken: Callable[[], bool] | None = None,
     ) -> KeyPump:
         pump = self.pumps.get((key, index))
         if pump is None:
@@ -76,6 +77,7 @@ class LoopConnections:
                 control=self.commands[index],
                 on_error=on_error,
                 reachable=reachable,
+                all_taken=all_taken,
             )
             self.pumps[(key, index)] = pump
         return pump

@@ -48,6 +48,7 @@ class KeyPump:
         control: RedisConnection | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         reachable: Reachable | None = None,
+        all_taken: Callable[[], bool] | None = None,
     ) -> None:
         self.connection = connection
         # Ends a reconnect pause as soon as any connection of the layer reaches the shard.
@@ -72,7 +73,8 @@ class KeyPump:
         self.removing: dict[bytes, None] = {}
         self.found_empty = False
         self.drained = False  # the last read brought less than a full batch
-        self.lingered = False  # the one blocking pop without a waiter is taken
+        # True when every message delivered so far has been taken by a receiver.
+        self.all_taken = all_taken
         # Told of an error that waiting will not cure (a wrong host option, a wrong
         # password), so the receivers raise it instead of waiting forever.
         self.on_error = on_error
@@ -255,13 +257,12 @@ class KeyPump:
             if wanted > 0:
                 # batch <= 0: a shared work queue, take one per waiting receiver.
                 count = self.batch if self.batch > 0 else wanted
-                self.lingered = False
-            elif self.read_first and self.drained and not self.lingered:
-                # Nobody waits right now, but a consumer that just took its message
-                # usually comes back for the next: one blocking pop (a single message,
-                # so no buffer can overflow by a batch) keeps the key covered meanwhile.
+            elif self.read_first and self.drained and self.all_taken is not None and self.all_taken():
+                # Nobody waits right now, but a consumer that took its message usually
+                # comes back for the next: a blocking pop of a single message keeps the
+                # key covered meanwhile. Only while every message delivered so far was
+                # taken, so that no buffer grows while its consumer is busy.
                 count = 0
-                self.lingered = True
             else:
                 return
             try:
