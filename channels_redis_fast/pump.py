@@ -274,8 +274,8 @@ class KeyPump:
                 self.errors += 1
                 if backoff.failed():
                     logger.warning(
-                        "Receive from %s failed (%s); retrying (%d failures so far)",
-                        self.description, exc, backoff.failures,
+                        "Receive from %s failed (%s); retrying (%d attempts in %.1f s so far)",
+                        self.description, exc, backoff.failures, backoff.down_for,
                     )
                 await self._pause(backoff.next_delay())
                 continue
@@ -299,7 +299,10 @@ class KeyPump:
                 self._fail(exc)
                 return
             if self.errors:
-                logger.info("Receive from %s works again", self.description)
+                logger.warning(
+                    "Receive from %s works again after %.1f s (%d failed attempts)",
+                    self.description, backoff.down_for, backoff.failures,
+                )
                 self.errors = 0
                 backoff.reset()
             if flat:

@@ -107,17 +107,25 @@ def _expire(waiter: asyncio.Future) -> None:
 class Backoff:
     """The pause before a listener's next attempt, and whether to log this failure."""
 
-    __slots__ = ("delay", "failures", "_logged_at")
+    __slots__ = ("delay", "failures", "_logged_at", "_since")
 
     def __init__(self) -> None:
         self.delay = RETRY_START
         self.failures = 0
         self._logged_at = 0.0
+        self._since = 0.0
+
+    @property
+    def down_for(self) -> float:
+        """Seconds since the first failure of this outage."""
+        return time.monotonic() - self._since if self.failures else 0.0
 
     def failed(self) -> bool:
         """Count a failure; True when it should be logged."""
         self.failures += 1
         now = time.monotonic()
+        if self.failures == 1:
+            self._since = now
         if self.failures == 1 or now - self._logged_at >= LOG_EVERY:
             self._logged_at = now
             return True

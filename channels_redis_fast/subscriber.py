@@ -265,16 +265,21 @@ class Shard:
             self._supervisor = self.layer.loop.create_task(self._resubscribe())
 
     async def _resubscribe(self) -> None:
+        started = time.monotonic()
         try:
-            await self._reconnect()
+            failures = await self._reconnect()
         finally:
             self.reachable.resign(self)
         if not self.closing:
-            logger.info("Pub/sub connection to %s restored (%d subscriptions)", self.name, len(self.wanted))
+            logger.warning(
+                "Pub/sub connection to %s restored after %.1f s (%d failed attempts, %d subscriptions)",
+                self.name, time.monotonic() - started, failures, len(self.wanted),
+            )
             self._announced_up = True
             self.layer._notify_all(self.layer.on_reconnect)
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self) -> int:
+        """Connect and re-subscribe, retrying; how many attempts failed."""
         backoff = Backoff()
         while not self.closing:
             error: BaseException | None
@@ -289,12 +294,13 @@ class Shard:
             except (RedisError, OSError) as exc:
                 error = exc
             if backoff.failed():
-                logger.info(
-                    "Re-subscribing on %s failed (%s); retrying (%d failures so far)",
-                    self.name, error, backoff.failures,
+                logger.warning(
+                    "Re-subscribing on %s failed (%s); retrying (%d attempts in %.1f s so far)",
+                    self.name, error, backoff.failures, backoff.down_for,
                 )
             # Ends early when any connection of this layer reaches the host again.
             await self.reachable.pause(self, backoff.next_delay())
+        return backoff.failures
 
     def _log_refused(self, replies: list) -> None:
         # An ACL that denies a channel: asking again cannot help, so say it once.
