@@ -12,6 +12,7 @@ import asyncio
 import pytest
 import redis
 
+from channels_redis_fast.connection import PUSH_TYPE
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 
@@ -42,6 +43,10 @@ def _layer_protocols(url: str, before: dict[int, int]) -> set[int]:
 @pytest.mark.parametrize("form", ["url", "dict"])
 async def test_core_layer_speaks_resp3(fresh_redis, form):
     redis_url = fresh_redis.url  # a private server: no other test's clients in CLIENT LIST
+    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
+        with pytest.raises(ValueError, match="hiredis >= 3.0"):
+            RedisChannelLayer(hosts=_hosts(redis_url, form))
+        return
     before = _clients(redis_url)
     layer = RedisChannelLayer(hosts=_hosts(redis_url, form))
     try:
@@ -75,6 +80,10 @@ async def test_core_layer_speaks_resp3(fresh_redis, form):
 @pytest.mark.parametrize("form", ["url", "dict"])
 async def test_pubsub_layer_speaks_resp3(fresh_redis, form):
     redis_url = fresh_redis.url  # a private server: no other test's clients in CLIENT LIST
+    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
+        with pytest.raises(ValueError, match="hiredis >= 3.0"):
+            RedisPubSubChannelLayer(hosts=_hosts(redis_url, form))
+        return
     before = _clients(redis_url)
     layer = RedisPubSubChannelLayer(hosts=_hosts(redis_url, form))
     try:
