@@ -8,8 +8,10 @@ encodes in compiled code and parses with hiredis reaches ~250k (see
 shared/design.md, "Where the time goes"). Every command issued during one event-loop
 iteration leaves in a single write, and replies are matched to callers in order.
 
-Our connections always speak RESP2: replies are matched to requests strictly in order,
-and RESP3 push frames (client tracking, maintenance notifications) would break that.
+Connections speak RESP2 unless a host asks for ``protocol: 3`` (RESP3). Replies are
+matched to requests strictly in order, so a RESP3 push frame (client tracking, maintenance
+notifications) is never taken for a reply: hiredis gives it its own type
+(``hiredis.PushNotification``, from hiredis 3.0), and we skip it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import collections
 import logging
 import time
 from typing import Any, Callable, Sequence
+from urllib.parse import parse_qs
 
 import hiredis
 from redis.asyncio import ConnectionPool
@@ -43,6 +46,10 @@ except (ImportError, AttributeError):  # pragma: no cover - a redis-py we do not
 logger = logging.getLogger(__name__)
 
 Arg = bytes | str | int | float
+
+#: The type hiredis gives RESP3 push frames (None before hiredis 3.0, whose pushes are
+#: plain lists: RESP3 is refused there, see check_protocol).
+PUSH_TYPE: type | None = getattr(hiredis, "PushNotification", None)
 
 #: Seconds a non-blocking command may wait for its reply before the connection is
 #: declared dead (redis-py 8 uses 5 s for the same purpose). Blocking commands add
@@ -84,7 +91,9 @@ def make_pool(host: dict[str, Any]) -> ConnectionPool:
         host["socket_timeout"] = DEFAULT_CONNECT_TIMEOUT
     if host.get("socket_connect_timeout") is None:
         host["socket_connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-    host["protocol"] = 2
+    # RESP2 unless the host asks for RESP3 (a ``?protocol=3`` in an address URL wins
+    # over this, as redis-py lets URL options win over keyword arguments).
+    host["protocol"] = check_protocol(host)
     # Decoding is ours too: payloads are bytes.
     host.pop("decode_responses", None)
     if "address" in host:
@@ -100,6 +109,33 @@ def make_pool(host: dict[str, Any]) -> ConnectionPool:
             **host,
         )
     return ConnectionPool(**host)
+
+
+def check_protocol(host: dict[str, Any]) -> int:
+    """The RESP version a host entry asks for (2 or 3); ValueError for anything else.
+
+    Read from the ``protocol`` key and from a ``protocol`` query option of its address
+    URL (which redis-py lets win). RESP3 needs hiredis >= 3.0, the first to tell push
+    frames from replies.
+    """
+    asked = [host.get("protocol", 2)]
+    address = host.get("address")
+    if isinstance(address, str) and "?" in address:
+        asked += parse_qs(address.partition("?")[2]).get("protocol", [])
+    versions = set()
+    for value in asked:
+        try:
+            versions.add(int(value))
+        except (TypeError, ValueError):
+            versions.add(-1)
+    if not versions <= {2, 3}:
+        raise ValueError(f"protocol must be 2 (RESP2) or 3 (RESP3), not {asked[-1]!r} ({describe_host(host)})")
+    if 3 in versions and PUSH_TYPE is None:
+        raise ValueError(
+            f"protocol 3 (RESP3) needs hiredis >= 3.0, which tells push frames from replies; "
+            f"hiredis {getattr(hiredis, '__version__', '?')} is installed ({describe_host(host)})"
+        )
+    return int(host.get("protocol", 2))
 
 
 def describe_host(host: dict[str, Any]) -> str:
@@ -153,6 +189,8 @@ class RedisProtocol(asyncio.Protocol):
                 return
             if reply is False:
                 return
+            if type(reply) is PUSH_TYPE:
+                continue  # RESP3 out-of-band frame: nobody's reply
             if not pending:
                 # Nothing asked for this (a stray push frame): drop the connection
                 # rather than hand the next caller a reply that is not theirs.

@@ -98,6 +98,8 @@ class RedisPubSubChannelLayer:
     ) -> None:
         self._args = args
         self._kwargs = kwargs
+        # The loop layers are made on first use; bad hosts (an unknown RESP version) fail now.
+        decode_hosts(kwargs["hosts"] if "hosts" in kwargs else args[0] if args else None)
         self._layers: dict[asyncio.AbstractEventLoop, RedisPubSubLoopLayer] = {}
         # Unlike the core layer: no random prefix and no expiry (so no Fernet TTL either),
         # because nothing is stored in a sorted set. Bytes match channels_redis's pub/sub.

@@ -160,7 +160,7 @@ class KeyPump:
             raise
         if not count:
             return self._read_batch(None, blocked.result())  # type: ignore[union-attr]
-        ranged = read.result()  # type: ignore[union-attr]
+        ranged = _pairs_flat(read.result())  # type: ignore[union-attr]
         self.found_empty = not ranged
         self.drained = len(ranged) < 2 * count
         return self._read_batch(ranged, blocked.result() if blocked is not None else None)
@@ -173,6 +173,7 @@ class KeyPump:
         popped = blocked[1] if blocked else None
         flat: list = []
         if ranged:
+            ranged = _pairs_flat(ranged)  # once more for _settle_after_cancel's raw reply
             for i in range(0, len(ranged), 2):
                 member = ranged[i]
                 if member == popped:
@@ -238,7 +239,7 @@ class KeyPump:
             flat.append(first[1])
             flat.append(first[2])
         if rest:
-            flat.extend(rest)
+            flat.extend(_pairs_flat(rest))
         return flat
 
     async def _run(self) -> None:
@@ -348,6 +349,17 @@ class KeyPump:
             await asyncio.wait_for(asyncio.shield(task), self.block + 2)
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001
             task.cancel()
+
+
+def _pairs_flat(reply: list) -> list:
+    """``[member, score, ...]`` from a ZRANGE WITHSCORES or counted ZPOPMIN reply.
+
+    RESP2 sends the pairs flat with scores as text; RESP3 nests each pair and sends the
+    score as a double, which the batch's score parsing takes as well.
+    """
+    if reply and type(reply[0]) is list:
+        return [item for pair in reply for item in pair]
+    return reply
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -22,7 +22,7 @@ import hiredis
 from redis.exceptions import RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .connection import RedisConnection, RedisProtocol, describe_host, make_pool
+from .connection import PUSH_TYPE, RedisConnection, RedisProtocol, describe_host, make_pool
 from .loop_connections import _close_pool
 from .reconnect import Backoff, Reachable
 
@@ -59,7 +59,8 @@ class SubscriberProtocol(RedisProtocol):
 
     Each SUBSCRIBE/UNSUBSCRIBE we send names exactly one channel, so Redis answers it with
     exactly one confirmation frame, which keeps the base class's in-order matching of
-    replies to commands valid while ``message`` frames are interleaved.
+    replies to commands valid while ``message`` frames are interleaved. In RESP3 the
+    confirmations are push frames too, and are matched the same way.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float, shard: "Shard") -> None:
@@ -117,7 +118,10 @@ class SubscriberProtocol(RedisProtocol):
                 reply = reader.gets()
                 if reply is False:
                     return
-                if type(reply) is list and len(reply) == 3 and reply[0] == _MESSAGE:
+                # A pushed message is a plain list in RESP2 and a PushNotification (a
+                # list subclass) in RESP3.
+                kind = type(reply)
+                if (kind is list or kind is PUSH_TYPE) and len(reply) == 3 and reply[0] == _MESSAGE:
                     name = reply[1]
                     if name != last_name:
                         targets = self.targets(name)

@@ -9,6 +9,7 @@ import threading
 import types
 from typing import Any, Callable, Iterable
 
+from .connection import check_protocol
 from .speedups import consistent_hash
 
 
@@ -80,6 +81,8 @@ def decode_hosts(hosts: Iterable[Any] | None) -> list[dict[str, Any]]:
             result.append({"host": entry[0], "port": entry[1]})
         else:
             result.append({"address": entry})
+    for host in result:
+        check_protocol(host)  # a RESP version we cannot speak fails here, not at first use
     return result
 
 

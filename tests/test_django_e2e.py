@@ -36,6 +36,9 @@ STOCK_BACKEND = "channels_redis.core.RedisChannelLayer"
 START_TIMEOUT = 20.0
 STEP_TIMEOUT = 15.0
 CLIENTS_PER_SERVER = 60
+# Per process and shard: one multiplexed connection plus one per key a pump receives on (the
+# process key here), so 4 for these two processes however many consumers
+# they serve; the bound leaves slack above that.
 MAX_OUR_CONNECTIONS = 10
 
 
@@ -439,7 +442,7 @@ async def _connections_with_clients(servers: list[Daphne], redis: RedisServer, p
 
 
 async def test_connections_ours_vs_channels_redis(chat_servers, chat_redis, tmp_path_factory, record_property):
-    """Two processes, 100 websocket clients: a handful of Redis connections (channels_redis: many)."""
+    """Two processes, 100 websocket clients: a handful of Redis connections, recorded beside channels_redis's."""
     ours = await _connections_with_clients(chat_servers, chat_redis, 50)
 
     logdir = tmp_path_factory.mktemp("daphne-stock")
@@ -462,7 +465,8 @@ async def test_connections_ours_vs_channels_redis(chat_servers, chat_redis, tmp_
     out.write_text(json.dumps(report, indent=2))
     save_artifact(out)
     assert ours["clients"] == theirs["clients"] == 100
-    assert ours["peak"] <= MAX_OUR_CONNECTIONS, report
-    # channels_redis holds about one connection per consumer (a receive each); we hold a few
-    # per process whatever the number of consumers.
-    assert ours["peak"] * 5 <= theirs["peak"], report
+    # What our layer guarantees: a few connections per process, set by the deployment's shape
+    # and not by the 100 consumers. channels_redis's count is reported, not asserted: it
+    # depends on how the installed redis-py's pool reuses connections (8.x opens about one per
+    # waiting receive, 6.x far fewer).
+    assert ours["peak"] <= MAX_OUR_CONNECTIONS < ours["clients"], report

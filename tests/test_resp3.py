@@ -1,0 +1,115 @@
+"""RESP3 (``protocol: 3``) for both layers, asked for in an address URL or a host dict.
+
+In RESP3 hiredis returns pushed pub/sub messages as ``hiredis.PushNotification`` and
+ZRANGE WITHSCORES / a counted ZPOPMIN as nested [member, score] pairs with double scores.
+Every message sent must arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from channels_redis_fast.connection import PUSH_TYPE
+from channels_redis_fast.core import RedisChannelLayer
+from channels_redis_fast.pubsub import RedisPubSubChannelLayer
+
+COUNT = 60
+
+
+def _hosts(url: str, form: str) -> list:
+    if form == "url":
+        return [f"{url}?protocol=3"]
+    return [{"address": url, "protocol": 3}]
+
+
+def _clients(url: str) -> dict[int, int]:
+    """Client id -> RESP version (CLIENT LIST's ``resp``) of the other clients of a server."""
+    client = redis.Redis.from_url(url, protocol=2)
+    try:
+        me = client.client_id()
+        return {int(e["id"]): int(e["resp"]) for e in client.client_list() if int(e["id"]) != me}
+    finally:
+        client.close()
+
+
+def _layer_protocols(url: str, before: dict[int, int]) -> set[int]:
+    """The RESP versions of the connections opened since ``before`` (the layer's)."""
+    return {resp for client_id, resp in _clients(url).items() if client_id not in before}
+
+
+@pytest.mark.parametrize("form", ["url", "dict"])
+async def test_core_layer_speaks_resp3(fresh_redis, form):
+    redis_url = fresh_redis.url  # a private server: no other test's clients in CLIENT LIST
+    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
+        with pytest.raises(ValueError, match="hiredis >= 3.0"):
+            RedisChannelLayer(hosts=_hosts(redis_url, form))
+        return
+    before = _clients(redis_url)
+    layer = RedisChannelLayer(hosts=_hosts(redis_url, form))
+    try:
+        # A process channel: its pump reads batches with ZRANGE WITHSCORES.
+        channel = await layer.new_channel()
+        for n in range(COUNT):
+            await layer.send(channel, {"type": "resp3.specific", "n": n})
+        got = [(await asyncio.wait_for(layer.receive(channel), 5))["n"] for _ in range(COUNT)]
+        assert got == list(range(COUNT))
+
+        # A shared work queue with several waiting receivers: BZPOPMIN plus a counted ZPOPMIN.
+        receivers = [asyncio.ensure_future(layer.receive("resp3.work")) for _ in range(COUNT)]
+        for n in range(COUNT):
+            await layer.send("resp3.work", {"type": "resp3.work", "n": n})
+        done = await asyncio.wait_for(asyncio.gather(*receivers), 10)
+        assert sorted(message["n"] for message in done) == list(range(COUNT))
+
+        # Groups: membership read with ZRANGE, delivery by script.
+        members = [await layer.new_channel() for _ in range(3)]
+        for member in members:
+            await layer.group_add("resp3group", member)
+        await layer.group_send("resp3group", {"type": "resp3.group"})
+        for member in members:
+            assert (await asyncio.wait_for(layer.receive(member), 5))["type"] == "resp3.group"
+        assert _layer_protocols(redis_url, before) == {3}
+        await layer.flush()
+    finally:
+        await layer.close_pools()
+
+
+@pytest.mark.parametrize("form", ["url", "dict"])
+async def test_pubsub_layer_speaks_resp3(fresh_redis, form):
+    redis_url = fresh_redis.url  # a private server: no other test's clients in CLIENT LIST
+    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
+        with pytest.raises(ValueError, match="hiredis >= 3.0"):
+            RedisPubSubChannelLayer(hosts=_hosts(redis_url, form))
+        return
+    before = _clients(redis_url)
+    layer = RedisPubSubChannelLayer(hosts=_hosts(redis_url, form))
+    try:
+        channel = await layer.new_channel()
+        for n in range(COUNT):
+            await layer.send(channel, {"type": "resp3.pubsub", "n": n})
+        got = [(await asyncio.wait_for(layer.receive(channel), 5))["n"] for _ in range(COUNT)]
+        assert got == list(range(COUNT))
+
+        await layer.group_add("resp3ps", channel)
+        await layer.group_send("resp3ps", {"type": "resp3.pubsub.group"})
+        assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "resp3.pubsub.group"
+        await layer.group_discard("resp3ps", channel)
+        # Nothing else arrived: every message exactly once.
+        await layer.send(channel, {"type": "resp3.last"})
+        assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "resp3.last"
+        assert _layer_protocols(redis_url, before) == {3}
+    finally:
+        await layer.flush()
+        await layer.close()
+
+
+@pytest.mark.parametrize("protocol", [1, 4, "three"])
+def test_unknown_protocol_is_refused_at_construction(protocol):
+    for layer_class in (RedisChannelLayer, RedisPubSubChannelLayer):
+        with pytest.raises(ValueError, match="protocol"):
+            layer_class(hosts=[{"address": "redis://127.0.0.1:1", "protocol": protocol}])
+        with pytest.raises(ValueError, match="protocol"):
+            layer_class(hosts=[f"redis://127.0.0.1:1?protocol={protocol}"])
