@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test run behind `make test`: Redis binaries, venv, compiled install, the suite in
-# compiled and in pure mode, and the pure wheel check.  Stops at the first failure.
+# The whole test run behind `make test`: Redis binaries, venv, compiled install, mypy, the
+# suite in compiled and in pure mode, and the pure wheel check.  Stops at the first failure.
 #
 #   PYTEST_ARGS="-x -k harness" make test     extra pytest arguments for both runs
 set -euo pipefail
@@ -24,6 +24,9 @@ if not origin or not origin.endswith(".so"):
 if "site-packages" not in origin:
     sys.exit("channels_redis_fast is not imported from site-packages")
 PY
+
+section "mypy channels_redis_fast (settings in setup.cfg [mypy])"
+"$VENV/bin/mypy" channels_redis_fast || die "mypy found type errors in channels_redis_fast"
 
 run_suite() {
     local mode="$1"; shift

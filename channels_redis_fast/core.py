@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 import weakref
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
@@ -74,10 +74,11 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     ) -> None:
         if not isinstance(prefix, str):
             raise AssertionError("Prefix must be unicode")
-        self.expiry = expiry
+        self.expiry = expiry  # type: ignore[assignment]  # types-channels says int; seconds may be a float
         self.group_expiry = group_expiry
         self.capacity = capacity
-        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        # types-channels declares the uncompiled dict; BaseChannelLayer itself stores this list.
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})  # type: ignore[assignment]
         self._capacity_matcher = CapacityMatcher(channel_capacity or {}, capacity)
         self.prefix = prefix
         self.hosts = decode_hosts(hosts)
@@ -230,7 +231,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         connection = self._loop_connections().commands[index]
         now = time.time()
         key = self.prefix + target
-        args = [payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl]
+        args: list[Any] = [payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl]
         try:
             added = await connection.execute("EVALSHA", send_script.sha, 1, key, *args)
         except ResponseError as exc:
@@ -386,6 +387,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         # A general channel is a shared work queue: take only as many messages as
         # local receivers wait for (batch 0), so other processes get theirs.
         batch = 0 if general else self.receive_batch_size
+        wanted: Callable[..., int]
         if general:
             wanted = lambda key=key, channel=real_channel: (  # noqa: E731
                 self._key_receivers.get(key, 0) - self._buffered(channel)

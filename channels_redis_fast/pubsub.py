@@ -29,7 +29,7 @@ import logging
 import time
 import types
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from channels.layers import BaseChannelLayer
 
@@ -65,7 +65,7 @@ class _OnCurrentLoop:
     def __init__(self, forward: Any) -> None:
         self.forward = forward
         self.name = forward.__name__
-        functools.update_wrapper(self, forward)
+        functools.update_wrapper(cast(Any, self), forward)  # a descriptor, not a callable: only the attributes
 
     def __get__(self, proxy: Any, owner: type | None = None) -> Any:
         if proxy is None:
@@ -125,7 +125,8 @@ class RedisPubSubChannelLayer:
         loop = running_loop()
         layer = self._layers.get(loop)
         if layer is None:
-            layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            # mypy cannot see that the proxy's own positional arguments stop before channel_layer.
+            layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)  # type: ignore[misc]
             self._layers[loop] = layer
             _wrap_close(self, loop)
         return layer
@@ -245,7 +246,8 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         # Core-layer options such as expiry/group_expiry have no meaning for pub/sub and
         # are ignored, as channels_redis does, so one CONFIG can serve both backends.
         super().__init__(capacity=capacity)
-        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        # types-channels declares the uncompiled dict; BaseChannelLayer itself stores this list.
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})  # type: ignore[assignment]
         if not isinstance(prefix, str):
             raise AssertionError("Prefix must be unicode")
         self.prefix = prefix

@@ -179,7 +179,11 @@ class BaseMessageSerializer(abc.ABC):
         if symmetric_encryption_keys and not isinstance(symmetric_encryption_keys, (str, bytes)):
             symmetric_encryption_keys = list(symmetric_encryption_keys)
         self.crypter = make_crypter(symmetric_encryption_keys)
-        self._codec = FernetCodec(symmetric_encryption_keys) if self.crypter is not None else None
+        self._codec = (
+            FernetCodec(symmetric_encryption_keys)
+            if self.crypter is not None and symmetric_encryption_keys
+            else None
+        )
         self._codec_for = self.crypter
 
     @abc.abstractmethod
@@ -212,12 +216,12 @@ class BaseMessageSerializer(abc.ABC):
         return self.from_bytes(message)
 
     def _encrypt(self, body: bytes) -> bytes:
-        if self.crypter is getattr(self, "_codec_for", None):
+        if self.crypter is getattr(self, "_codec_for", None) and self._codec is not None:
             return self._codec.encrypt(body)
         return self.crypter.encrypt(body)  # a crypter someone swapped in
 
     def _decrypt(self, token: bytes) -> bytes:
-        if self.crypter is getattr(self, "_codec_for", None):
+        if self.crypter is getattr(self, "_codec_for", None) and self._codec is not None:
             return self._codec.decrypt(token, self.token_ttl)
         return self.crypter.decrypt(token, self.token_ttl)
 

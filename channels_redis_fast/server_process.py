@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Sequence
+from typing import Any, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -221,7 +221,7 @@ class _Process:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.running else None
+        return self.process.pid if self.running and self.process is not None else None
 
     def start(self) -> "_Process":
         """Start the server (on the same port as before, if it ran already) and wait for it."""
@@ -348,7 +348,7 @@ class _Process:
         return self._client
 
     def _new_client(self, **kwargs) -> redis.Redis:
-        options = dict(
+        options: dict[str, Any] = dict(
             host=self.host,
             port=self.port,
             password=self.password,

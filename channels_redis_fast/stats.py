@@ -74,22 +74,22 @@ async def layer_stats(layer: CoreLayer, groups: Iterable[str] | None = None) -> 
     state = layer._loop_connections()
     # Keys with pumps on any loop: this process's own key(s) and the general channels
     # it receives on.
-    keys: set[str] = set()
+    key_set: set[str] = set()
     shard_connections: list[list[Any]] = [[] for _ in range(layer.ring_size)]
     for loop_state in list(layer._layers.values()):
-        keys.update(loop_state.key_pumps)
+        key_set.update(loop_state.key_pumps)
         for index, connection in enumerate(loop_state.commands):
             shard_connections[index].append(connection)
         for (_key, index), pump in loop_state.pumps.items():
             shard_connections[index].append(pump.connection)
-    keys = sorted(keys)
+    keys = sorted(key_set)
     group_keys = {group: layer._group_key(group) for group in groups}
     by_shard_groups: dict[int, list[str]] = {}
     for group in groups:
         by_shard_groups.setdefault(layer.consistent_hash(group), []).append(group)
 
     async def one_shard(index: int) -> dict:
-        commands = [("ZCARD", key) for key in keys]
+        commands: list[tuple[str, str | bytes]] = [("ZCARD", key) for key in keys]
         shard_groups = by_shard_groups.get(index, [])
         commands += [("ZCARD", group_keys[group]) for group in shard_groups]
         replies = await state.commands[index].execute_many(commands) if commands else []

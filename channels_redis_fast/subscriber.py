@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Protocol, cast
 
 import hiredis
 from redis.exceptions import RedisError
@@ -226,7 +226,7 @@ class Shard:
 
     async def subscribe(self, name: str) -> None:
         self.wanted.add(name)
-        protocol = await self.subscriber.connect()
+        protocol = cast(SubscriberProtocol, await self.subscriber.connect())
         # It may have been freed while we connected; never subscribe a name nobody wants.
         if name in self.wanted:
             replayed = protocol.replayed.get(name)
@@ -238,7 +238,7 @@ class Shard:
     def unsubscribe_nowait(self, name: str) -> asyncio.Future | None:
         """Queue an UNSUBSCRIBE without waiting for it (safe inside cancellation)."""
         self.wanted.discard(name)
-        protocol = self.subscriber.protocol
+        protocol = cast("SubscriberProtocol | None", self.subscriber.protocol)
         if protocol is None or protocol.closed is not None:
             return None  # the next connection simply will not subscribe it
         # Subscribing it again later must send a SUBSCRIBE after this UNSUBSCRIBE.
@@ -288,7 +288,7 @@ class Shard:
         while not self.closing:
             error: BaseException | None
             try:
-                protocol = await self.subscriber.connect()
+                protocol = cast(SubscriberProtocol, await self.subscriber.connect())
                 # The new socket re-subscribed as it was attached (SubscriberProtocol.attach).
                 replies = await asyncio.shield(protocol.ready) if protocol.ready is not None else []
                 error = protocol.closed

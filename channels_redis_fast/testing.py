@@ -35,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import redis
 
@@ -316,7 +316,7 @@ class SentinelServer(_Process):
 
     def hosts_entry(self, **extra) -> dict:
         """A ``hosts`` entry for RedisChannelLayer that reaches the master through this sentinel."""
-        entry = {"sentinels": [self.address], "master_name": self.name}
+        entry: dict[str, Any] = {"sentinels": [self.address], "master_name": self.name}
         if self.password:
             entry["sentinel_kwargs"] = self.sentinel_kwargs
         if self.master_password:

@@ -13,7 +13,11 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from .loop_connections import LoopConnections
+    from .speedups import ChannelBuffer
 
 logger = logging.getLogger("channels_redis_fast.core")
 
@@ -25,6 +29,21 @@ RESERVED_KEY = "__asgi_channel__"
 
 class WorkQueueReturns:
     """The core layer's give-back of popped work-queue messages (a mixin)."""
+
+    # The layer's state this mixin works on (set by RedisChannelLayer.__init__); declared
+    # here, not imported, so that this module never imports the layer.
+    prefix: str
+    receive_buffer: dict[str, ChannelBuffer]
+    stats_counters: collections.Counter[str]
+    _waiters: dict[str, list[asyncio.Future]]
+    _work_scores: dict[str, collections.deque]
+    _give_back_timers: dict[str, asyncio.TimerHandle]
+    _giving_back: dict[str, asyncio.Future]
+    _buffer_touched: dict[str, float]
+    _send_index_generator: Iterator[int]
+    _background: set[asyncio.Task]
+    serialize: Callable[[Any], bytes]
+    _loop_connections: Callable[[], LoopConnections]
 
     def _waiting(self, channel: str) -> int:
         queue = self._waiters.get(channel)

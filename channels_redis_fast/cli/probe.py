@@ -181,7 +181,8 @@ def _check_sentinels(host: dict[str, Any], report: ShardReport) -> bool:
     for address, client in zip(host["sentinels"], sentinel.sentinels):
         where = f"sentinel {address[0]}:{address[1]}"
         try:
-            reply = client.sentinel_get_master_addr_by_name(name)
+            # Any: redis-py's annotation (an address or a bool) varies across 5-8; falsy = unknown.
+            reply: Any = client.sentinel_get_master_addr_by_name(name)
         except (redis.RedisError, OSError) as exc:
             failures.append(classify(exc, where)[1])
             continue

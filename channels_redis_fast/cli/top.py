@@ -52,9 +52,9 @@ def scan_shard(client: Any, prefix: str, count: int = 1000, now: float | None = 
         cursor, keys = client.scan(cursor=cursor, match=pattern, count=count)
         for key in keys:
             text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-            kind = _classify(text, prefix)
-            if kind is not None:
-                found.append((key, *kind))
+            classified = _classify(text, prefix)
+            if classified is not None:
+                found.append((key, *classified))
         if not cursor:
             break
     rows: list[dict] = []
