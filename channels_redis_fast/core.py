@@ -92,6 +92,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         )
         self.client_prefix = uuid.uuid4().hex
         self._own_suffix = self.client_prefix + "!"
+        self._inflight_serial = itertools.count()
         # Per event loop: sockets and pumps (see loop_connections.py).
         self._layers: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
         self._hooked_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -413,10 +414,22 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 batch,
                 self._fail_waiters,
                 None if general else self._all_taken,
+                self._inflight_key(key) if general else None,
+                self._key_ttl,
             )
             pump.ensure_running()
             pumps.append(pump)
         state.key_pumps[key] = pumps
+
+    def _inflight_key(self, key: str) -> str:
+        """The in-flight backup of one work-queue pump (see pump.py).
+
+        Named under the prefix, so the README's ACL key pattern, flush() and ``stats``
+        cover it; the braces make Redis Cluster hash it by the queue key alone (channel
+        names cannot contain braces), so a script touches one slot. Per pump, not per
+        layer: pumps on two event loops must never put back each other's pops.
+        """
+        return f"{key}$inflight{{{key}}}{self.client_prefix}.{next(self._inflight_serial)}"
 
     def _all_taken(self) -> bool:
         """No local buffer holds a message (emptied ones may stay for their receiver)."""
@@ -690,10 +703,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 return
 
     def _own_key_pattern(self) -> re.Pattern:
-        # Only names this layer writes: channel keys, their $inflight backups (from
-        # stock processes) and group keys. "asgifoo:bar" or "asgi-meta" stay.
+        # Only names this layer writes: channel keys, their $inflight backups (stock
+        # processes', and our work-queue pumps' suffixed ones) and group keys. "asgifoo:bar" or "asgi-meta" stay.
         prefix = re.escape(self.prefix.encode("utf-8"))
-        channel = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?(?:\$inflight)?"
+        channel = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?(?:\$inflight(?:\{[^{}]*\}[0-9a-f]+\.\d+)?)?"
         group = rb":group:[a-zA-Z\d\-_.]+"
         return re.compile(prefix + rb"(?:" + channel + rb"|" + group + rb")\Z")
 

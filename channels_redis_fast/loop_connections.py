@@ -53,6 +53,8 @@ class LoopConnections:
         batch: int,
         on_error: Callable[[BaseException], None] | None = None,
         all_taken: Callable[[], bool] | None = None,
+        inflight: str | None = None,
+        inflight_ttl: int = 60,
     ) -> KeyPump:
         pump = self.pumps.get((key, index))
         if pump is None:
@@ -78,6 +80,8 @@ class LoopConnections:
                 on_error=on_error,
                 reachable=reachable,
                 all_taken=all_taken,
+                inflight=inflight,
+                inflight_ttl=inflight_ttl,
             )
             self.pumps[(key, index)] = pump
         return pump

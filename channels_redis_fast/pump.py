@@ -6,6 +6,12 @@ runs the second command as soon as the first unblocks, so one round trip brings 
 only removes its waiter, so a popped message can never be lost to a cancellation.
 The pump is stopped with CLIENT UNBLOCK rather than cancelled, so even a stop never
 abandons a pop whose reply is on the wire.
+
+A connection that dies in the Redis event-loop iteration that ran a pop takes the
+popped messages with it (Redis writes replies at the end of the iteration). So only a
+blocking pop, a single message, ever leaves Redis unprotected: a process key is read
+first and removed once delivered (_read_then_remove), a work queue pops into an
+in-flight backup that is put back after a lost reply (_pop_into_backup).
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import functools
 import logging
 from typing import Any, Callable
 
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import RedisConnection
 from .reconnect import Backoff, Reachable
+from .scripts import Script, work_pop_script, work_restore_script
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ class KeyPump:
         on_error: Callable[[BaseException], None] | None = None,
         reachable: Reachable | None = None,
         all_taken: Callable[[], bool] | None = None,
+        inflight: str | None = None,
+        inflight_ttl: int = 60,
     ) -> None:
         self.connection = connection
         # Ends a reconnect pause as soon as any connection of the layer reaches the shard.
@@ -71,6 +80,13 @@ class KeyPump:
         # whose removal Redis has not confirmed yet, in delivery order.
         self.read_first = batch > 0
         self.removing: dict[bytes, None] = {}
+        # A work queue (batch <= 0) with an in-flight key: what its pop script took waits
+        # there until delivered (then ``removing`` holds it until its ZREM is confirmed).
+        # ``restore``: a pop's reply was lost, so the key may hold messages nobody got.
+        self.inflight = inflight
+        self.inflight_ttl = inflight_ttl
+        self.restore = False
+        self.unloaded: set[Script] = set()  # scripts to send by EVAL (NOSCRIPT came back)
         self.found_empty = False
         self.drained = False  # the last read brought less than a full batch
         # True when every message delivered so far has been taken by a receiver.
@@ -97,6 +113,8 @@ class KeyPump:
                 self.client_id = None
         if self.read_first:
             return await self._read_then_remove(protocol, count)
+        if self.inflight is not None:
+            return await self._pop_into_backup(protocol, count)
         if count > 1:
             blocked, more = protocol.execute_pipeline(
                 (("BZPOPMIN", self.key, self.block), ("ZPOPMIN", self.key, count - 1)), self.block
@@ -165,6 +183,115 @@ class KeyPump:
         self.drained = len(ranged) < 2 * count
         return self._read_batch(ranged, blocked.result() if blocked is not None else None)
 
+    def _script(self, script: Script, keys: tuple, args: tuple) -> tuple:
+        if script in self.unloaded:
+            return ("EVAL", script.source, len(keys), *keys, *args)
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _pop_into_backup(self, protocol: Any, count: int) -> list:
+        """Up to ``count`` messages from a shared work queue, safe against a lost reply.
+
+        One write: the restore (after a lost reply) or the ZREM of what the last batch
+        delivered from the in-flight key, then the pop script, which moves messages from
+        the queue into the in-flight key. Once a pop found the queue empty, BZPOPMIN comes
+        first and waits for the next message; its one message is the only one a dropped
+        connection can lose. ``count`` 0: only the restore or removal.
+        """
+        key, inflight = self.key, self.inflight
+        removal = list(self.removing)
+        commands: list = []
+        if self.restore:
+            commands.append(self._script(work_restore_script, (key, inflight), (self.inflight_ttl, *removal)))
+        elif removal:
+            commands.append(("ZREM", inflight, *removal))
+        settled = len(commands)
+        wait = self.found_empty and count > 0
+        if wait:
+            commands.append(("BZPOPMIN", key, self.block))
+        popping = count - 1 if wait else count
+        if popping > 0:
+            commands.append(self._script(work_pop_script, (key, inflight), (popping, self.inflight_ttl)))
+        elif wait:
+            commands.append(("ZCARD", key))  # whether the blocking pop left a backlog
+        if not commands:
+            return []
+        futures = protocol.execute_pipeline(commands, self.block if wait else 0.0, settled)
+        for future in futures[:-1]:
+            # Read in _took; if the connection drops, nobody else looks at their errors.
+            future.add_done_callback(_retrieve)
+        if removal and not self.restore:
+            futures[0].add_done_callback(functools.partial(self._removed, removal))
+        took = functools.partial(self._took, futures, settled, wait, popping, removal)
+        last = futures[-1]
+        try:
+            # Shielded, as in _pop: replies that carry popped messages are never dropped.
+            await asyncio.shield(last)
+        except asyncio.CancelledError:
+            await self._settle_after_cancel(last, None, lambda *_: took())
+            if not last.done() or last.cancelled() or last.exception() is not None:
+                self.restore = self.restore or popping > 0
+            raise
+        except Exception:  # noqa: BLE001 - each reply is looked at in _took
+            pass
+        return took()
+
+    def _took(self, futures: list, settled: int, wait: bool, popping: int, removal: list) -> list:
+        """The delivered messages from the replies of _pop_into_backup's write.
+
+        Replies arrive in order, so every future is done once the last one is.
+        """
+        lost: BaseException | None = None
+        if self.restore and settled:
+            future = futures[0]
+            exc = future.exception()
+            if exc is None:
+                self.restore = False
+                removing = self.removing
+                for member in removal:
+                    removing.pop(member, None)
+            elif isinstance(exc, NoScriptError):
+                self.unloaded.add(work_restore_script)
+            else:
+                lost = exc
+        flat: list = []
+        index = settled
+        if wait:
+            future = futures[index]
+            index += 1
+            exc = future.exception()
+            if exc is not None:
+                lost = lost or exc
+            elif future.result():
+                blocked = future.result()
+                flat.append(blocked[1])
+                flat.append(blocked[2])
+        if popping > 0:
+            future = futures[index]
+            exc = future.exception()
+            if exc is None:
+                self.unloaded.discard(work_pop_script)
+                popped = future.result()
+                removing = self.removing
+                for i in range(0, len(popped), 2):
+                    removing[popped[i]] = None
+                flat.extend(popped)
+                self.found_empty = len(popped) < 2 * popping
+            else:
+                # The script may have run and its reply been lost: put back what the
+                # in-flight key holds that was never delivered.
+                self.restore = True
+                if isinstance(exc, NoScriptError):
+                    self.unloaded.add(work_pop_script)
+                else:
+                    lost = lost or exc
+        elif wait:
+            future = futures[index]
+            if future.exception() is None and flat:
+                self.found_empty = not future.result()
+        if lost is not None and not flat:
+            raise lost
+        return flat
+
     def _pop_only(self, blocked: list | None, _: Any) -> list:
         return self._read_batch(None, blocked)
 
@@ -207,7 +334,7 @@ class KeyPump:
         if not self.removing or protocol is None or protocol.closed is not None:
             return
         removal = list(self.removing)
-        future = protocol.execute(("ZREM", self.key, *removal))
+        future = protocol.execute(("ZREM", self.inflight or self.key, *removal))
         future.add_done_callback(functools.partial(self._removed, removal))
 
     async def _settle_after_cancel(
@@ -246,6 +373,13 @@ class KeyPump:
         self.found_empty = self.drained = False  # a backlog may have built up meanwhile
         try:
             await self._serve()
+            if self.restore:
+                # Stopping right after a lost reply: one try to put its messages back
+                # now rather than leave them in the in-flight key until it expires.
+                try:
+                    await self._pop(0)
+                except Exception:  # noqa: BLE001 - they stay until the key expires
+                    logger.warning("Could not put back the messages of a lost pop from %s", self.description)
         finally:
             self._send_removal()
             if self.reachable is not None:
@@ -263,6 +397,10 @@ class KeyPump:
                 # comes back for the next: a blocking pop of a single message keeps the
                 # key covered meanwhile. Only while every message delivered so far was
                 # taken, so that no buffer grows while its consumer is busy.
+                count = 0
+            elif self.restore:
+                # Nobody waits now, but a lost pop's messages may sit in the in-flight
+                # key: put them back in the queue for everyone.
                 count = 0
             else:
                 return

@@ -128,6 +128,65 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return added
 """
 
+# A shared work queue cannot be read first and removed later (other processes pop it
+# too), so the pump pops into a backup instead: the members it takes stay in its own
+# in-flight key, with their scores, until it has them, and a pop whose reply was lost
+# with its connection is put back into the queue (WORK_RESTORE). Chunks of 1000 keep
+# unpack() under Lua's stack limit.
+ZADD_ALL = """
+local function zadd_all(key, pairs)
+    for first = 1, #pairs, 2000 do
+        local args = {}
+        for i = first, math.min(first + 1999, #pairs), 2 do
+            args[#args + 1] = pairs[i + 1]
+            args[#args + 1] = pairs[i]
+        end
+        redis.call('ZADD', key, unpack(args))
+    end
+end
+"""
+
+# KEYS[1] work-queue key, KEYS[2] this pump's in-flight key
+# ARGV: how many to pop, in-flight key ttl (whole seconds)
+# ZPOPMIN's reply (member, score, ...). Its write comes first, so maxmemory never stops
+# the ZADD half way (see above); the backup is as large as what left the queue.
+WORK_POP = ZADD_ALL + """
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+if #popped > 0 then
+    zadd_all(KEYS[2], popped)
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return popped
+"""
+
+# KEYS[1] work-queue key, KEYS[2] this pump's in-flight key
+# ARGV: queue key ttl (whole seconds), then members the pump already delivered
+# Empties the in-flight key: delivered members are dropped, the rest go back to the
+# queue with their scores (ahead of anything sent since). Returns how many went back.
+WORK_RESTORE = ZADD_ALL + """
+local held = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+if #held == 0 then
+    return 0
+end
+local delivered = {}
+for i = 2, #ARGV do
+    delivered[ARGV[i]] = true
+end
+local back = {}
+for i = 1, #held, 2 do
+    redis.call('ZREM', KEYS[2], held[i])
+    if not delivered[held[i]] then
+        back[#back + 1] = held[i]
+        back[#back + 1] = held[i + 1]
+    end
+end
+if #back > 0 then
+    zadd_all(KEYS[1], back)
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return #back / 2
+"""
+
 
 class Script:
     """A Lua script called with EVALSHA, falling back to EVAL on NOSCRIPT.
@@ -165,3 +224,5 @@ send_script = Script(SEND)
 group_send_script = Script(GROUP_SEND)
 group_send_known_script = Script(GROUP_SEND_KNOWN)
 group_add_script = Script(GROUP_ADD)
+work_pop_script = Script(WORK_POP)
+work_restore_script = Script(WORK_RESTORE)

@@ -2,7 +2,8 @@
 
 Redis writes a reply at the end of its event-loop iteration, so a connection killed in
 the iteration that ran a pop takes the popped messages with it.  The pump therefore reads
-a process key's batch first and removes it only once delivered; only the single message
+a process key's batch first and removes it only once delivered, and pops a shared work
+queue into an in-flight key that it puts back after a lost reply; only the single message
 of its blocking pop is at risk, as in channels_redis.  CLIENT PAUSE holds the pop until
 the kill is queued behind it, which lands the kill in that very iteration.
 """
@@ -20,6 +21,7 @@ from channels_redis_fast.core import RedisChannelLayer
 from conftest import until
 
 QUEUED = 300
+BACKLOG = 3000
 
 
 def _own_key(channel: str) -> str:
@@ -111,6 +113,110 @@ async def test_random_kills_under_traffic_lose_at_most_the_blocking_pops(fresh_r
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
         await layer.close_pools()
+        await sender.close_pools()
+    lost = sorted(set(accepted) - set(got))
+    assert kills > 0
+    # Each kill can take at most the one message its blocking pop had taken.
+    assert len(lost) <= kills, f"{len(lost)} lost with {kills} kills: {lost[:20]}"
+    assert len(got) == len(set(got)), "a message was delivered twice"
+    assert set(got) <= set(accepted) | set(unknown)
+
+
+def _inflight_members(admin) -> int:
+    return sum(admin.zcard(key) for key in admin.scan_iter(match="*$inflight*"))
+
+
+async def test_kill_during_a_work_queue_pop_loses_no_queued_message(fresh_redis):
+    layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
+    sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
+    # Connected (and its CLIENT ID asked) before the pause, as in the process-key test.
+    await sender.send("tasks", {"type": "warm"})
+    assert (await asyncio.wait_for(layer.receive("tasks"), 5)) == {"type": "warm"}
+    for i in range(QUEUED):
+        await sender.send("tasks", {"type": "t", "i": i})
+    await sender.close_pools()
+    admin = fresh_redis.client()
+    got: list[int] = []
+
+    async def consume():
+        while True:
+            got.append((await layer.receive("tasks"))["i"])
+
+    admin.client_pause(1500, all=True)
+    # Four receivers waiting in one process: the first pop takes four messages.
+    consumers = [asyncio.ensure_future(consume()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)  # the pump's pop waits behind the pause
+        killed = await asyncio.to_thread(
+            fresh_redis.client().client_kill_filter, _type="normal", skipme=True
+        )
+        assert killed >= 1  # the pump's connection
+        await until(lambda: len(got) >= QUEUED, 15, f"{QUEUED} messages")
+        await asyncio.sleep(0.1)  # anything more would be a duplicate
+    finally:
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        await layer.close_pools()
+    assert sorted(got) == list(range(QUEUED)), "lost or duplicated messages"
+    assert admin.zcard("asgitasks") == 0
+    await until(lambda: _inflight_members(admin) == 0, 5, "the in-flight backup emptied")
+
+
+async def test_random_kills_on_a_work_queue_lose_at_most_the_blocking_pops(fresh_redis):
+    layers = [RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000) for _ in range(2)]
+    sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000)
+    got: list[int] = []
+    accepted: list[int] = []
+    unknown: list[int] = []  # the send failed: Redis may or may not have it
+    stop = threading.Event()
+    kills = 0
+
+    def killer():
+        nonlocal kills
+        client = fresh_redis.client()
+        while not stop.wait(0.05):
+            # A short pause holds the pops written meanwhile and queues the kill behind
+            # them, so most kills land in the iteration of a pop.
+            client.client_pause(20, all=True)
+            kills += client.client_kill_filter(_type="normal", skipme=True) > 0
+
+    async def consume(layer):
+        while True:
+            got.append((await layer.receive("tasks"))["i"])
+
+    async def produce(first, last):
+        for i in range(first, last):
+            try:
+                await sender.send("tasks", {"type": "t", "i": i})
+            except (RedisConnectionError, RedisTimeoutError, ChannelFull):
+                unknown.append(i)
+            else:
+                accepted.append(i)
+            if i % 200 == 0:
+                await asyncio.sleep(0.001)
+
+    # A backlog and many receivers per process: pops of many messages each.
+    await produce(0, BACKLOG)
+    consumers = [asyncio.ensure_future(consume(layer)) for layer in layers for _ in range(16)]
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        await produce(BACKLOG, 2 * BACKLOG)
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+    try:
+        await until(lambda: set(accepted) <= set(got), 15, "every accepted message")
+        await asyncio.sleep(0.2)
+    except BaseException:
+        pass  # counted below
+    finally:
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        for layer in layers:
+            await layer.close_pools()
         await sender.close_pools()
     lost = sorted(set(accepted) - set(got))
     assert kills > 0

@@ -471,13 +471,16 @@ async def test_flush_removes_only_our_keys_with_scan(redis_url, sync_redis):
     ours = [b"asgi" + layer.non_local_name(channel).encode(), b"asginormal.channel", b"asgi:group:g1"]
     # stock's in-flight backup key is ours to flush as well
     sync_redis.zadd(b"asginormal.channel$inflight", {b"m": 1})
+    # and so is a work-queue pump's (core.py _inflight_key)
+    pumps_backup = layer._inflight_key("asginormal.channel").encode()
+    sync_redis.zadd(pumps_backup, {b"m": 1})
     assert all(sync_redis.exists(k) for k in ours)
     sync_redis.config_resetstat()
     await layer.flush()
     stats = sync_redis.info("commandstats")
     assert "cmdstat_scan" in stats
     assert "cmdstat_keys" not in stats
-    for key in ours + [b"asginormal.channel$inflight"]:
+    for key in ours + [b"asginormal.channel$inflight", pumps_backup]:
         assert not sync_redis.exists(key), key
     for key, value in foreign.items():
         assert sync_redis.get(key) == value, key

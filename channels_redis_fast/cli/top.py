@@ -34,8 +34,8 @@ def _classify(name: str, prefix: str) -> tuple[str, str] | None:
     rest = name[len(prefix) :]
     if rest.startswith(":group:"):
         return "group", rest[len(":group:") :]
-    if rest.endswith("$inflight"):
-        return "inflight", rest[: -len("$inflight")]
+    if "$inflight" in rest:  # stock's "<channel>$inflight", or a pump's, suffixed (core.py)
+        return "inflight", rest[: rest.index("$inflight")]
     if rest.endswith("!"):
         return "process", rest
     if rest and rest[0] not in ":-":
