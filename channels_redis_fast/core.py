@@ -394,7 +394,11 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 self._key_receivers.get(key, 0) - self._buffered(channel)
             )
         else:
-            wanted = lambda key=key: self._key_receivers.get(key, 0)  # noqa: E731
+            # Read only for receivers of this pump's loop: two loops' pumps reading one
+            # process key (it is read first, removed after) would both deliver it.
+            wanted = lambda key=key, loop=loop: (  # noqa: E731
+                self._key_receivers.get(key, 0) if self.receive_event_loop is loop else 0
+            )
         # Every shard, not only the hashed one: stock channels_redis senders put
         # messages for a process channel on the shard of its *full* name, and work
         # queues are filled round-robin.
@@ -413,7 +417,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 self.brpop_timeout,
                 batch,
                 self._fail_waiters,
-                None if general else self._all_taken,
+                None if general else functools.partial(self._may_linger, loop),
                 self._inflight_key(key) if general else None,
                 self._key_ttl,
             )
@@ -431,8 +435,15 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         """
         return f"{key}$inflight{{{key}}}{self.client_prefix}.{next(self._inflight_serial)}"
 
-    def _all_taken(self) -> bool:
-        """No local buffer holds a message (emptied ones may stay for their receiver)."""
+    def _may_linger(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a process key's pump on ``loop`` may keep one blocking pop waiting.
+
+        Only while no local buffer holds a message (emptied ones may stay for their
+        receiver), and only with one loop holding connections: a lingering pump on one
+        loop and a reading pump on another would both deliver what they find.
+        """
+        if len(self._layers) != 1 or self.receive_event_loop not in (None, loop):
+            return False
         return not any(map(len, self.receive_buffer.values()))
 
     def _deliver_process_batch(self, flat: list) -> None:

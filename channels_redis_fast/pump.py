@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import RedisConnection
-from .reconnect import Backoff, Reachable
+from .reconnect import RETRY_START, Backoff, Reachable
 from .scripts import Script, work_pop_script, work_restore_script
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: Seconds before retrying a receive Redis refused (an ACL, a wrong type): that does not
 #: fix itself soon, and each refusal is logged.
 REFUSED_PAUSE = 1.0
+#: Longest pause between two tries while Redis answers a transient error (READONLY during
+#: a failover, LOADING): each try may reconnect, so these pauses grow as they used to.
+TRANSIENT_MAX = 1.0
 #: Error replies that pass once the server is ready (a demoted master after a failover,
 #: a restarted server loading its data): retried at the reconnect pace.
 _TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
@@ -176,6 +179,13 @@ class KeyPump:
             else:
                 await self._settle_after_cancel(blocked, None, self._pop_only)  # type: ignore[arg-type]
             raise
+        if removal and futures[0].done() and not futures[0].cancelled():
+            refused = futures[0].exception()
+            if isinstance(refused, ResponseError):
+                # A refused removal (READONLY from a demoted master, MISCONF) would have
+                # the next read find the same members again and again: handle it as the
+                # refusal it is. What the read brought is read again after it.
+                raise refused
         if not count:
             return self._read_batch(None, blocked.result())  # type: ignore[union-attr]
         ranged = _pairs_flat(read.result())  # type: ignore[union-attr]
@@ -387,6 +397,7 @@ class KeyPump:
 
     async def _serve(self) -> None:
         backoff = Backoff()
+        transient = 0.0
         while not self.stopping:
             wanted = self.wanted()
             if wanted > 0:
@@ -428,7 +439,11 @@ class KeyPump:
                     self.errors += 1
                     if backoff.failed():
                         logger.warning("Receive from %s not served yet (%s); retrying", self.description, exc)
-                    await self._pause(backoff.next_delay())
+                    # A plain sleep, not _pause: every reconnect of the shard's other
+                    # listeners (each also told READONLY) would end the pause at once and
+                    # turn a failover into a reconnect storm.
+                    transient = min(transient * 2, TRANSIENT_MAX) if transient else RETRY_START
+                    await asyncio.sleep(transient)
                     continue
                 self.errors += 1
                 logger.error("Redis refused a receive on %s: %s", self.description, exc)
@@ -444,6 +459,11 @@ class KeyPump:
                 )
                 self.errors = 0
                 backoff.reset()
+                transient = 0.0
+                if self.reachable is not None:
+                    # Errors that keep the connection open (LOADING, MASTERDOWN) end with
+                    # no new connect to wake the shard's other listeners: wake them here.
+                    self.reachable.notify()
             if flat:
                 try:
                     self.on_batch(flat)
