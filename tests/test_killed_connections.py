@@ -28,6 +28,72 @@ def _own_key(channel: str) -> str:
     return "asgi" + channel[: channel.index("!") + 1]
 
 
+class _Traffic:
+    """Sends under a thread that kills the clients' connections; counts what arrived."""
+
+    def __init__(self, server, pause_ms: int = 0) -> None:
+        self.server = server
+        self.pause_ms = pause_ms  # a short CLIENT PAUSE first lands the kill on a pop
+        self.got: list[int] = []
+        self.accepted: list[int] = []
+        self.unknown: list[int] = []  # the send failed: Redis may or may not have it
+        self.kills = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._kill)
+
+    def _kill(self) -> None:
+        client = self.server.client()
+        while not self._stop.wait(0.05):
+            if self.pause_ms:
+                client.client_pause(self.pause_ms, all=True)
+            self.kills += client.client_kill_filter(_type="normal", skipme=True) > 0
+
+    async def consume(self, layer, channel: str) -> None:
+        while True:
+            self.got.append((await layer.receive(channel))["i"])
+
+    async def produce(self, sender, channel: str, first: int, last: int, every: int) -> None:
+        for i in range(first, last):
+            try:
+                await sender.send(channel, {"type": "t", "i": i})
+            except (RedisConnectionError, RedisTimeoutError, ChannelFull):
+                self.unknown.append(i)
+            else:
+                self.accepted.append(i)
+            if i % every == 0:
+                await asyncio.sleep(0.001)
+
+    async def killing(self, sends) -> None:
+        """Run ``sends`` with the killer thread going."""
+        self._thread.start()
+        try:
+            await sends
+        finally:
+            self._stop.set()
+            await asyncio.to_thread(self._thread.join)
+
+    async def settle(self, consumers: list, layers: list) -> None:
+        try:
+            await until(lambda: set(self.accepted) <= set(self.got), 15, "every accepted message")
+            await asyncio.sleep(0.2)  # anything more would be a duplicate
+        except BaseException:  # noqa: BLE001 - what is missing is counted in check()
+            pass
+        finally:
+            for consumer in consumers:
+                consumer.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
+            for layer in layers:
+                await layer.close_pools()
+
+    def check(self) -> None:
+        lost = sorted(set(self.accepted) - set(self.got))
+        assert self.kills > 0
+        # Each kill can take at most the one message its blocking pop had taken.
+        assert len(lost) <= self.kills, f"{len(lost)} lost with {self.kills} kills: {lost[:20]}"
+        assert len(self.got) == len(set(self.got)), "a message was delivered twice"
+        assert set(self.got) <= set(self.accepted) | set(self.unknown)
+
+
 async def test_kill_during_the_pop_loses_no_queued_message(fresh_redis):
     layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
     sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
@@ -69,57 +135,11 @@ async def test_random_kills_under_traffic_lose_at_most_the_blocking_pops(fresh_r
     layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000)
     sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000)
     channel = await layer.new_channel()
-    got: list[int] = []
-    accepted: list[int] = []
-    unknown: list[int] = []  # the send failed: Redis may or may not have it
-    stop = threading.Event()
-    kills = 0
-
-    def killer():
-        nonlocal kills
-        client = fresh_redis.client()
-        while not stop.wait(0.05):
-            kills += client.client_kill_filter(_type="normal", skipme=True) > 0
-
-    async def consume():
-        while True:
-            got.append((await layer.receive(channel))["i"])
-
-    async def produce():
-        for i in range(3000):
-            try:
-                await sender.send(channel, {"type": "t", "i": i})
-            except (RedisConnectionError, RedisTimeoutError, ChannelFull):
-                unknown.append(i)
-            else:
-                accepted.append(i)
-            if i % 20 == 0:
-                await asyncio.sleep(0.001)
-
-    consumer = asyncio.ensure_future(consume())
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
-        await produce()
-    finally:
-        stop.set()
-        await asyncio.to_thread(thread.join)
-    try:
-        await until(lambda: set(accepted) <= set(got), 15, "every accepted message")
-        await asyncio.sleep(0.2)
-    except BaseException:
-        pass  # counted below
-    finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
-        await layer.close_pools()
-        await sender.close_pools()
-    lost = sorted(set(accepted) - set(got))
-    assert kills > 0
-    # Each kill can take at most the one message its blocking pop had taken.
-    assert len(lost) <= kills, f"{len(lost)} lost with {kills} kills: {lost[:20]}"
-    assert len(got) == len(set(got)), "a message was delivered twice"
-    assert set(got) <= set(accepted) | set(unknown)
+    traffic = _Traffic(fresh_redis)
+    consumers = [asyncio.ensure_future(traffic.consume(layer, channel))]
+    await traffic.killing(traffic.produce(sender, channel, 0, 3000, every=20))
+    await traffic.settle(consumers, [layer, sender])
+    traffic.check()
 
 
 def _inflight_members(admin) -> int:
@@ -166,61 +186,10 @@ async def test_kill_during_a_work_queue_pop_loses_no_queued_message(fresh_redis)
 async def test_random_kills_on_a_work_queue_lose_at_most_the_blocking_pops(fresh_redis):
     layers = [RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000) for _ in range(2)]
     sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=10_000)
-    got: list[int] = []
-    accepted: list[int] = []
-    unknown: list[int] = []  # the send failed: Redis may or may not have it
-    stop = threading.Event()
-    kills = 0
-
-    def killer():
-        nonlocal kills
-        client = fresh_redis.client()
-        while not stop.wait(0.05):
-            # A short pause holds the pops written meanwhile and queues the kill behind
-            # them, so most kills land in the iteration of a pop.
-            client.client_pause(20, all=True)
-            kills += client.client_kill_filter(_type="normal", skipme=True) > 0
-
-    async def consume(layer):
-        while True:
-            got.append((await layer.receive("tasks"))["i"])
-
-    async def produce(first, last):
-        for i in range(first, last):
-            try:
-                await sender.send("tasks", {"type": "t", "i": i})
-            except (RedisConnectionError, RedisTimeoutError, ChannelFull):
-                unknown.append(i)
-            else:
-                accepted.append(i)
-            if i % 200 == 0:
-                await asyncio.sleep(0.001)
-
+    traffic = _Traffic(fresh_redis, pause_ms=20)
     # A backlog and many receivers per process: pops of many messages each.
-    await produce(0, BACKLOG)
-    consumers = [asyncio.ensure_future(consume(layer)) for layer in layers for _ in range(16)]
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
-        await produce(BACKLOG, 2 * BACKLOG)
-    finally:
-        stop.set()
-        await asyncio.to_thread(thread.join)
-    try:
-        await until(lambda: set(accepted) <= set(got), 15, "every accepted message")
-        await asyncio.sleep(0.2)
-    except BaseException:
-        pass  # counted below
-    finally:
-        for consumer in consumers:
-            consumer.cancel()
-        await asyncio.gather(*consumers, return_exceptions=True)
-        for layer in layers:
-            await layer.close_pools()
-        await sender.close_pools()
-    lost = sorted(set(accepted) - set(got))
-    assert kills > 0
-    # Each kill can take at most the one message its blocking pop had taken.
-    assert len(lost) <= kills, f"{len(lost)} lost with {kills} kills: {lost[:20]}"
-    assert len(got) == len(set(got)), "a message was delivered twice"
-    assert set(got) <= set(accepted) | set(unknown)
+    await traffic.produce(sender, "tasks", 0, BACKLOG, every=200)
+    consumers = [asyncio.ensure_future(traffic.consume(layer, "tasks")) for layer in layers for _ in range(16)]
+    await traffic.killing(traffic.produce(sender, "tasks", BACKLOG, 2 * BACKLOG, every=200))
+    await traffic.settle(consumers, [*layers, sender])
+    traffic.check()
