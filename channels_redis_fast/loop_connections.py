@@ -52,7 +52,7 @@ class LoopConnections:
         block: float,
         batch: int,
         on_error: Callable[[BaseException], None] | None = None,
-        all_taken: Callable[[], bool] | None = None,
+        may_linger: Callable[[], bool] | None = None,
         inflight: str | None = None,
         inflight_ttl: int = 60,
     ) -> KeyPump:
@@ -79,7 +79,7 @@ class LoopConnections:
                 control=self.commands[index],
                 on_error=on_error,
                 reachable=reachable,
-                all_taken=all_taken,
+                may_linger=may_linger,
                 inflight=inflight,
                 inflight_ttl=inflight_ttl,
             )

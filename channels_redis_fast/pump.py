@@ -58,7 +58,7 @@ class KeyPump:
         control: RedisConnection | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         reachable: Reachable | None = None,
-        all_taken: Callable[[], bool] | None = None,
+        may_linger: Callable[[], bool] | None = None,
         inflight: str | None = None,
         inflight_ttl: int = 60,
     ) -> None:
@@ -92,8 +92,8 @@ class KeyPump:
         self.unloaded: set[Script] = set()  # scripts to send by EVAL (NOSCRIPT came back)
         self.found_empty = False
         self.drained = False  # the last read brought less than a full batch
-        # True when every message delivered so far has been taken by a receiver.
-        self.all_taken = all_taken
+        # Whether one blocking pop may wait with no receiver waiting (see _serve).
+        self.may_linger = may_linger
         # Told of an error that waiting will not cure (a wrong host option, a wrong
         # password), so the receivers raise it instead of waiting forever.
         self.on_error = on_error
@@ -187,11 +187,11 @@ class KeyPump:
                 # refusal it is. What the read brought is read again after it.
                 raise refused
         if not count:
-            return self._read_batch(None, blocked.result())  # type: ignore[union-attr]
+            return self._deliverable(None, blocked.result())  # type: ignore[union-attr]
         ranged = _pairs_flat(read.result())  # type: ignore[union-attr]
         self.found_empty = not ranged
         self.drained = len(ranged) < 2 * count
-        return self._read_batch(ranged, blocked.result() if blocked is not None else None)
+        return self._deliverable(ranged, blocked.result() if blocked is not None else None)
 
     def _script(self, script: Script, keys: tuple, args: tuple) -> tuple:
         if script in self.unloaded:
@@ -303,14 +303,18 @@ class KeyPump:
         return flat
 
     def _pop_only(self, blocked: list | None, _: Any) -> list:
-        return self._read_batch(None, blocked)
+        return self._deliverable(None, blocked)
 
     def _read_batch(self, ranged: list | None, blocked: list | None) -> list:
+        """_deliverable of raw replies (as _settle_after_cancel hands them over)."""
+        return self._deliverable(_pairs_flat(ranged) if ranged else None, blocked)
+
+    def _deliverable(self, ranged: list | None, blocked: list | None) -> list:
+        """What to deliver of a read (``ranged``, flat pairs) and a blocking pop's reply."""
         removing = self.removing
         popped = blocked[1] if blocked else None
         flat: list = []
         if ranged:
-            ranged = _pairs_flat(ranged)  # once more for _settle_after_cancel's raw reply
             for i in range(0, len(ranged), 2):
                 member = ranged[i]
                 if member == popped:
@@ -403,7 +407,7 @@ class KeyPump:
             if wanted > 0:
                 # batch <= 0: a shared work queue, take one per waiting receiver.
                 count = self.batch if self.batch > 0 else wanted
-            elif self.read_first and self.drained and self.all_taken is not None and self.all_taken():
+            elif self.read_first and self.drained and self.may_linger is not None and self.may_linger():
                 # Nobody waits right now, but a consumer that took its message usually
                 # comes back for the next: a blocking pop of a single message keeps the
                 # key covered meanwhile. Only while every message delivered so far was
