@@ -94,40 +94,48 @@ class _Traffic:
         assert set(self.got) <= set(self.accepted) | set(self.unknown)
 
 
-async def test_kill_during_the_pop_loses_no_queued_message(fresh_redis):
-    layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
-    sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
-    channel = await layer.new_channel()
-    # The pump connects (and asks its CLIENT ID) before the pause, so that under the
-    # pause only its pop waits, and the kill, queued behind it, runs right after it.
+async def _kill_during_the_pop(server, layer, channel: str, receivers: int) -> list[int]:
+    """Queue QUEUED messages, then kill the connections in the iteration that pops them.
+
+    The pump connects (and asks its CLIENT ID) before the pause, so that under the pause
+    only its pop waits, and the kill, queued behind it, runs right after it. Returns the
+    ids the ``receivers`` receive loops got, in arrival order.
+    """
+    sender = RedisChannelLayer(hosts=[server.url], capacity=QUEUED)
     await sender.send(channel, {"type": "warm"})
     assert (await asyncio.wait_for(layer.receive(channel), 5)) == {"type": "warm"}
     for i in range(QUEUED):
         await sender.send(channel, {"type": "t", "i": i})
     await sender.close_pools()
-    admin = fresh_redis.client()
     got: list[int] = []
 
     async def consume():
         while True:
             got.append((await layer.receive(channel))["i"])
 
-    admin.client_pause(1500, all=True)
-    consumer = asyncio.ensure_future(consume())
+    server.client().client_pause(1500, all=True)
+    consumers = [asyncio.ensure_future(consume()) for _ in range(receivers)]
     try:
         await asyncio.sleep(0.3)  # the pump's pop waits behind the pause
-        killed = await asyncio.to_thread(
-            fresh_redis.client().client_kill_filter, _type="normal", skipme=True
-        )
+        killed = await asyncio.to_thread(server.client().client_kill_filter, _type="normal", skipme=True)
         assert killed >= 1  # the pump's connection
         await until(lambda: len(got) >= QUEUED, 15, f"{QUEUED} messages")
         await asyncio.sleep(0.1)  # anything more would be a duplicate
     finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
         await layer.close_pools()
+    return got
+
+
+async def test_kill_during_the_pop_loses_no_queued_message(fresh_redis):
+    layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
+    channel = await layer.new_channel()
+    got = await _kill_during_the_pop(fresh_redis, layer, channel, receivers=1)
     assert sorted(got) == list(range(QUEUED)), "lost or duplicated messages"
     assert got == list(range(QUEUED)), "out of order"
+    admin = fresh_redis.client()
     await until(lambda: admin.zcard(_own_key(channel)) == 0, 5, "delivered messages removed from Redis")
 
 
@@ -148,37 +156,10 @@ def _inflight_members(admin) -> int:
 
 async def test_kill_during_a_work_queue_pop_loses_no_queued_message(fresh_redis):
     layer = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
-    sender = RedisChannelLayer(hosts=[fresh_redis.url], capacity=QUEUED)
-    # Connected (and its CLIENT ID asked) before the pause, as in the process-key test.
-    await sender.send("tasks", {"type": "warm"})
-    assert (await asyncio.wait_for(layer.receive("tasks"), 5)) == {"type": "warm"}
-    for i in range(QUEUED):
-        await sender.send("tasks", {"type": "t", "i": i})
-    await sender.close_pools()
-    admin = fresh_redis.client()
-    got: list[int] = []
-
-    async def consume():
-        while True:
-            got.append((await layer.receive("tasks"))["i"])
-
-    admin.client_pause(1500, all=True)
     # Four receivers waiting in one process: the first pop takes four messages.
-    consumers = [asyncio.ensure_future(consume()) for _ in range(4)]
-    try:
-        await asyncio.sleep(0.3)  # the pump's pop waits behind the pause
-        killed = await asyncio.to_thread(
-            fresh_redis.client().client_kill_filter, _type="normal", skipme=True
-        )
-        assert killed >= 1  # the pump's connection
-        await until(lambda: len(got) >= QUEUED, 15, f"{QUEUED} messages")
-        await asyncio.sleep(0.1)  # anything more would be a duplicate
-    finally:
-        for consumer in consumers:
-            consumer.cancel()
-        await asyncio.gather(*consumers, return_exceptions=True)
-        await layer.close_pools()
+    got = await _kill_during_the_pop(fresh_redis, layer, "tasks", receivers=4)
     assert sorted(got) == list(range(QUEUED)), "lost or duplicated messages"
+    admin = fresh_redis.client()
     assert admin.zcard("asgitasks") == 0
     await until(lambda: _inflight_members(admin) == 0, 5, "the in-flight backup emptied")
 

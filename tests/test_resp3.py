@@ -40,15 +40,22 @@ def _layer_protocols(url: str, before: dict[int, int]) -> set[int]:
     return {resp for client_id, resp in _clients(url).items() if client_id not in before}
 
 
+def _resp3_layer(layer_class, url: str, form: str):
+    """``layer_class`` asking for RESP3, or None where hiredis < 3 refuses it (checked)."""
+    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
+        with pytest.raises(ValueError, match="hiredis >= 3.0"):
+            layer_class(hosts=_hosts(url, form))
+        return None
+    return layer_class(hosts=_hosts(url, form))
+
+
 @pytest.mark.parametrize("form", ["url", "dict"])
 async def test_core_layer_speaks_resp3(fresh_redis, form):
     redis_url = fresh_redis.url  # a private server: no other test's clients in CLIENT LIST
-    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
-        with pytest.raises(ValueError, match="hiredis >= 3.0"):
-            RedisChannelLayer(hosts=_hosts(redis_url, form))
-        return
     before = _clients(redis_url)
-    layer = RedisChannelLayer(hosts=_hosts(redis_url, form))
+    layer = _resp3_layer(RedisChannelLayer, redis_url, form)
+    if layer is None:
+        return
     try:
         # A process channel: its pump reads batches with ZRANGE WITHSCORES.
         channel = await layer.new_channel()
@@ -80,12 +87,10 @@ async def test_core_layer_speaks_resp3(fresh_redis, form):
 @pytest.mark.parametrize("form", ["url", "dict"])
 async def test_pubsub_layer_speaks_resp3(fresh_redis, form):
     redis_url = fresh_redis.url  # a private server: no other test's clients in CLIENT LIST
-    if PUSH_TYPE is None:  # hiredis < 3 cannot tell pushes from replies: refused up front
-        with pytest.raises(ValueError, match="hiredis >= 3.0"):
-            RedisPubSubChannelLayer(hosts=_hosts(redis_url, form))
-        return
     before = _clients(redis_url)
-    layer = RedisPubSubChannelLayer(hosts=_hosts(redis_url, form))
+    layer = _resp3_layer(RedisPubSubChannelLayer, redis_url, form)
+    if layer is None:
+        return
     try:
         channel = await layer.new_channel()
         for n in range(COUNT):
