@@ -5,7 +5,7 @@
 # are pointed at channels_redis_fast; the rest of each test file is left as it is.  It expects
 # Redis on 127.0.0.1:6379 and a Sentinel on 26379 (master set "sentinel", sentinel password
 # "channels_redis"): if nothing listens there, private ones are started with
-# channels_redis_fast/testing.py and stopped afterwards.  This is the only place that uses
+# channels_redis_fast/testing/ and stopped afterwards.  This is the only place that uses
 # those two ports.
 #
 #   make conformance                                   all six test files, our package

@@ -1,70 +1,25 @@
-"""Private Redis and Sentinel servers for tests and benchmarks.
-
-Every server started here listens on a free loopback port (never 6379 or 26379 unless a
-port is asked for explicitly), lives in its own temporary directory, keeps nothing on disk,
-and is stopped when the interpreter exits even if the caller forgot to.  Only the standard
-library and redis-py's synchronous client are used.
-
-Typical use::
-
-    with RedisServer() as server:
-        layer = RedisChannelLayer(hosts=[server.url])
-        ...
-        server.restart()          # same port: clients may reconnect
-
-    with RedisServer() as master, SentinelServer(master, name="mymaster") as sentinel:
-        replica = RedisServer(replicaof=(master.host, master.port))
-        sentinel.wait_for_replicas(1)
-        master.kill()
-        sentinel.wait_for_master((replica.host, replica.port))
-
-The module also runs as a script to keep servers alive for another program (see ``main``)::
-
-    python -m channels_redis_fast.testing --port 6379 --sentinel-port 26379 \
-        --sentinel-master-name sentinel --sentinel-password channels_redis
-"""
+"""The Redis and Sentinel servers of the harness: configuration, start, roles, failover."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import redis
 
-from .server_process import (  # noqa: F401 - re-exported for the harness's users
-    INSTALL_HINT,
+from .server_process import (
     LOOPBACK,
-    RESERVED_PORTS,
     START_TIMEOUT,
-    STOP_TIMEOUT,
-    RedisNotInstalled,
     ServerError,
     _conf_value,
     _Process,
     find_executable,
-    free_port,
-    port_is_open,
-    stop_all,
 )
 
-__all__ = [
-    "RedisNotInstalled",
-    "RedisServer",
-    "SentinelServer",
-    "ServerError",
-    "find_executable",
-    "free_port",
-    "port_is_open",
-    "stop_all",
-]
+__all__ = ["RedisServer", "SentinelServer"]
 
 
 def _tls_server_lines(tls: dict, tls_port: int | None) -> list[str]:
@@ -431,80 +386,3 @@ class SentinelServer(_Process):
 # --------------------------------------------------------------------------------------
 # command line: keep servers up for another program (used by .ci/conformance.sh)
 # --------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m channels_redis_fast.testing",
-        description="Run a private Redis (and optionally a Sentinel) until SIGTERM/SIGINT.",
-    )
-    parser.add_argument("--port", type=int, default=None, help="Redis port (default: free port)")
-    parser.add_argument("--bind", default=None, help="Redis/Sentinel bind directive")
-    parser.add_argument("--password", default=None, help="requirepass for Redis")
-    parser.add_argument("--no-redis", action="store_true", help="do not start Redis; monitor --master")
-    parser.add_argument("--master", default=None, help="HOST:PORT of an existing master (with --no-redis)")
-    parser.add_argument("--sentinel-port", type=int, default=None, help="also start a Sentinel here (0: free)")
-    parser.add_argument("--sentinel-master-name", default="mymaster")
-    parser.add_argument("--sentinel-password", default=None)
-    parser.add_argument("--ready-file", default=None, help="write a JSON description here once ready")
-    args = parser.parse_args(argv)
-
-    stop = threading.Event()
-
-    def _on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-
-    servers: list[_Process] = []
-    info: dict = {}
-    try:
-        if args.no_redis:
-            if not args.master:
-                parser.error("--no-redis needs --master HOST:PORT")
-            mhost, _, mport = args.master.rpartition(":")
-            master: RedisServer | tuple[str, int] = (mhost, int(mport))
-        else:
-            master = RedisServer(port=args.port, bind=args.bind, password=args.password)
-            servers.append(master)
-            info["redis"] = {"host": master.host, "port": master.port, "url": master.url, "pid": master.pid}
-        if args.sentinel_port is not None:
-            sentinel = SentinelServer(
-                master,
-                name=args.sentinel_master_name,
-                port=args.sentinel_port or None,
-                bind=args.bind,
-                password=args.sentinel_password,
-                master_password=args.password,
-            )
-            servers.append(sentinel)
-            info["sentinel"] = {
-                "host": sentinel.host,
-                "port": sentinel.port,
-                "master_name": sentinel.name,
-                "pid": sentinel.pid,
-            }
-        text = json.dumps(info)
-        if args.ready_file:
-            tmp = args.ready_file + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, args.ready_file)
-        print(text, flush=True)
-        while not stop.wait(0.5):
-            for server in servers:
-                if not server.running:
-                    print(f"{server!r} exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
-                    return 1
-        return 0
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for server in reversed(servers):
-            server.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
