@@ -23,6 +23,8 @@ from typing import Any, Union
 
 import msgpack
 
+from .exceptions import RESERVED_KEY
+
 __all__ = [
     "CapacityMatcher",
     "ChannelBuffer",
@@ -280,28 +282,25 @@ class ChannelBuffer:
         )
 
 
-_CHANNEL_KEY = "__asgi_channel__"
-
-
 def _targets_error(msg: Any) -> ValueError | None:
     # Validate before mutating anything, so a rejected payload is reported as decoded.
     if not isinstance(msg, dict):
         return ValueError(f"message must decode to a dict, not {type(msg).__name__}")
-    if _CHANNEL_KEY not in msg:
-        return ValueError(f"message has no {_CHANNEL_KEY!r} key")
-    target = msg[_CHANNEL_KEY]
+    if RESERVED_KEY not in msg:
+        return ValueError(f"message has no {RESERVED_KEY!r} key")
+    target = msg[RESERVED_KEY]
     if isinstance(target, str):
         return None
     if isinstance(target, list):
         if not target:
-            return ValueError(f"{_CHANNEL_KEY!r} is an empty list")
+            return ValueError(f"{RESERVED_KEY!r} is an empty list")
         for channel in target:
             if not isinstance(channel, str):
                 return ValueError(
-                    f"{_CHANNEL_KEY!r} list items must be str, not {type(channel).__name__}"
+                    f"{RESERVED_KEY!r} list items must be str, not {type(channel).__name__}"
                 )
         return None
-    return ValueError(f"{_CHANNEL_KEY!r} must be a str or a list of str, not {type(target).__name__}")
+    return ValueError(f"{RESERVED_KEY!r} must be a str or a list of str, not {type(target).__name__}")
 
 
 def demux_batch(
@@ -359,7 +358,7 @@ def demux_batch(
         if error is not None:
             malformed.append((member, error))
             continue
-        target = msg.pop(_CHANNEL_KEY)
+        target = msg.pop(RESERVED_KEY)
         if isinstance(target, str):
             target = (target,)
         for channel in target:

@@ -27,14 +27,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
-from .exceptions import InvalidMessageError, ReservedKeyError, WrongClientPrefixError
+from .exceptions import RESERVED_KEY, InvalidMessageError, ReservedKeyError, WrongClientPrefixError
 from .group_plan import NO_DESTINATIONS, GroupPlan, GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
 from .scripts import Script, group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
-from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
-from .work_queue import RESERVED_KEY, GeneralChannelDelivery, WorkQueueReturns
+from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, glob_escape, running_loop
+from .work_queue import GeneralChannelDelivery, WorkQueueReturns
 
 logger = logging.getLogger(__name__)
 
@@ -697,7 +697,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         await self.close_pools()
 
     async def _flush_shard(self, connection: RedisConnection) -> None:
-        pattern = _glob_escape(self.prefix) + "*"
+        pattern = glob_escape(self.prefix) + "*"
         ours = self._own_key_pattern()
         cursor = b"0"
         while True:
@@ -736,8 +736,4 @@ class _ReceiveBuffers(dict):
 
 def _evalsha(connection: RedisConnection, script: Script, keys: list, args: list) -> Any:
     return connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 

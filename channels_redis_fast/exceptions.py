@@ -9,6 +9,7 @@ from channels.exceptions import ChannelFull
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = [
+    "RESERVED_KEY",
     "ChannelFull",
     "InvalidMessageError",
     "ReplyLostError",
@@ -16,13 +17,17 @@ __all__ = [
     "WrongClientPrefixError",
 ]
 
+#: The message key that names a message's destination channel(s) in Redis, as
+#: channels_redis writes it; a message sent to the layer may not carry it.
+RESERVED_KEY = "__asgi_channel__"
+
 
 class InvalidMessageError(AssertionError, TypeError):
     """A message that is not a dict."""
 
 
 class ReservedKeyError(AssertionError, ValueError):
-    """A message that carries the layer's own ``__asgi_channel__`` key."""
+    """A message that carries the layer's own ``__asgi_channel__`` key (RESERVED_KEY)."""
 
 
 class WrongClientPrefixError(AssertionError, ValueError):

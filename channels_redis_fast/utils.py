@@ -86,6 +86,16 @@ def decode_hosts(hosts: Iterable[Any] | None) -> list[dict[str, Any]]:
     return result
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob (SCAN MATCH, KEYS, PSUBSCRIBE) that matches only itself.
+
+    Redis's matcher gives ``*``, ``?``, ``[`` and ``\\`` a meaning anywhere in a pattern;
+    ``]`` only closes a class, escaped here too so that no character is left to chance.
+    A backslash before any character makes it literal.
+    """
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
+
+
 async def _close_redis(connection: Any) -> None:
     """Close a redis-py client, whichever close method its version has."""
     closer = getattr(connection, "aclose", None) or connection.close

@@ -15,6 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from .exceptions import RESERVED_KEY
+
 if TYPE_CHECKING:
     from .loop_connections import LoopConnections
     from .speedups import ChannelBuffer
@@ -24,7 +26,6 @@ logger = logging.getLogger("channels_redis_fast.core")
 #: Seconds popped work-queue messages wait in a local buffer for a receiver of this
 #: process before they are handed back to Redis for other processes.
 WORK_GRACE = 0.5
-RESERVED_KEY = "__asgi_channel__"
 
 
 class WorkQueueReturns:

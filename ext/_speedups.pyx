@@ -28,6 +28,8 @@ from asyncio import QueueEmpty
 
 import msgpack
 
+from channels_redis_fast.exceptions import RESERVED_KEY
+
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     char *PyOS_double_to_string(double val, char format_code, int precision, int flags,
@@ -438,7 +440,7 @@ cdef inline ChannelBuffer _new_buffer(Py_ssize_t maxsize):
     return ChannelBuffer.__new__(ChannelBuffer, maxsize)
 
 
-cdef str _CHANNEL_KEY = "__asgi_channel__"
+cdef str _CHANNEL_KEY = RESERVED_KEY
 cdef object _MISSING = object()
 
 

@@ -494,6 +494,23 @@ async def test_flush_removes_only_our_keys_with_scan(redis_url, sync_redis):
     assert sync_redis.exists("otherappkept.channel", b"otherapp:group:g2") == 0
 
 
+def test_glob_escape_matches_exactly_its_prefix_in_redis_scan(sync_redis):
+    # Redis's own matcher decides: every key that starts with the prefix, nothing else.
+    prefixes = ["a*b", "a?b", "a[bc]d", "a\\b", "a]b", "[", "a^b", "a[^x]b", "a-b", "\\*"]
+    decoys = ["aXb", "aXYb", "abd", "acd", "a*bX", "b", "ab", "a\\\\b", "*", "a[b"]
+    keys = {p + suffix for p in prefixes for suffix in ("", "1", ":x")} | set(decoys)
+    for key in keys:
+        sync_redis.set(key, b"v")
+    looser = 0
+    for prefix in prefixes:
+        expected = {k for k in keys if k.startswith(prefix)}
+        found = {k.decode() for k in sync_redis.scan_iter(match=utils.glob_escape(prefix) + "*", count=1000)}
+        assert found == expected, prefix
+        raw = {k.decode() for k in sync_redis.scan_iter(match=prefix + "*", count=1000)}
+        looser += raw != expected
+    assert looser >= 5  # the unescaped patterns would have matched other keys (or none)
+
+
 async def test_flush_many_keys(redis_url, sync_redis):
     layer = RedisChannelLayer(hosts=[redis_url])
     pipe = sync_redis.pipeline()

@@ -17,14 +17,11 @@ from typing import Any, Sequence, TextIO
 
 import redis
 
+from ..utils import glob_escape
 from .hosts import describe_host, parse_hosts, sync_client
 
 #: Home the cursor and clear the screen: only ever written to a terminal.
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
 def _classify(name: str, prefix: str) -> tuple[str, str] | None:
@@ -47,7 +44,7 @@ def scan_shard(client: Any, prefix: str, count: int = 1000, now: float | None = 
     """Channels and groups on one server: kind, name, size, age of the oldest entry."""
     found: list[tuple[bytes, str, str]] = []
     cursor = 0
-    pattern = _glob_escape(prefix) + "*"
+    pattern = glob_escape(prefix) + "*"
     while True:
         cursor, keys = client.scan(cursor=cursor, match=pattern, count=count)
         for key in keys:
