@@ -8,13 +8,16 @@ import sys
 
 from setuptools import setup
 
-NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().lower() not in (
-    "",
-    "0",
-    "false",
-    "no",
-) or sys.implementation.name != "cpython"
-DEBUG_BUILD = bool(os.environ.get("CHANNELS_REDIS_FAST_DEBUG_BUILD"))
+
+
+def _flag(name):
+    # The rule of channels_redis_fast.speedups.env_flag, written out again only because
+    # the package cannot be imported before it is built: keep the two alike.
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+NO_EXTENSIONS = _flag("CHANNELS_REDIS_FAST_NO_EXTENSIONS") or sys.implementation.name != "cpython"
+DEBUG_BUILD = _flag("CHANNELS_REDIS_FAST_DEBUG_BUILD")
 
 
 def extensions():

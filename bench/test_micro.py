@@ -14,7 +14,6 @@ import collections
 import functools
 import importlib
 import itertools
-import os
 import re
 
 import pytest
@@ -23,12 +22,9 @@ from channels_redis.core import BoundedQueue
 from channels_redis.serializers import registry
 from channels_redis.utils import _consistent_hash
 
-NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().lower() not in (
-    "",
-    "0",
-    "false",
-    "no",
-)
+from channels_redis_fast.speedups import env_flag
+
+NO_EXTENSIONS = env_flag("CHANNELS_REDIS_FAST_NO_EXTENSIONS")
 py = importlib.import_module("channels_redis_fast._speedups_py")
 cc = None if NO_EXTENSIONS else importlib.import_module("channels_redis_fast._speedups")
 

@@ -12,14 +12,16 @@ import platform
 from typing import TYPE_CHECKING
 
 
-def _flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to something other than
+    "", "0", "false" or "no" (any case): the rule for every CHANNELS_REDIS_FAST_* flag."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
-NO_EXTENSIONS: bool = _flag("CHANNELS_REDIS_FAST_NO_EXTENSIONS") or (
+NO_EXTENSIONS: bool = env_flag("CHANNELS_REDIS_FAST_NO_EXTENSIONS") or (
     platform.python_implementation() != "CPython"
 )
-REQUIRE_EXTENSIONS: bool = _flag("CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS")
+REQUIRE_EXTENSIONS: bool = env_flag("CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS")
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from . import _speedups_py as _impl
@@ -34,27 +36,11 @@ else:
 #: "compiled" or "pure": which implementation of the hot paths is active.
 IMPLEMENTATION: str = "pure" if _impl.__name__.endswith("_speedups_py") else "compiled"
 
-ChannelBuffer = _impl.ChannelBuffer
-CapacityMatcher = _impl.CapacityMatcher
-consistent_hash = _impl.consistent_hash
-demux_batch = _impl.demux_batch
-encode_command = _impl.encode_command
-encode_commands = _impl.encode_commands
-pack_message = _impl.pack_message
-unpack_message = _impl.unpack_message
-random_prefix = _impl.random_prefix
+# The hot paths are the pure twin's __all__ (the one list of them): mypy reads their
+# types there; at run time they come from whichever implementation is active, whose
+# __all__ test_speedups_parity.py holds equal to the twin's.
+if TYPE_CHECKING:
+    from ._speedups_py import *  # noqa: F403
+globals().update({name: getattr(_impl, name) for name in _impl.__all__})
 
-__all__ = [
-    "IMPLEMENTATION",
-    "NO_EXTENSIONS",
-    "REQUIRE_EXTENSIONS",
-    "CapacityMatcher",
-    "ChannelBuffer",
-    "consistent_hash",
-    "demux_batch",
-    "encode_command",
-    "encode_commands",
-    "pack_message",
-    "random_prefix",
-    "unpack_message",
-]
+__all__ = ["IMPLEMENTATION", "NO_EXTENSIONS", "REQUIRE_EXTENSIONS", "env_flag", *_impl.__all__]

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - a setup error, reported plainly
         f"channels_redis_fast is not installed in {sys.prefix} ({exc}); "
         "run `make test` once, or `pip install '.[tests]'`"
     ) from exc
-from channels_redis_fast.speedups import NO_EXTENSIONS
+from channels_redis_fast.speedups import NO_EXTENSIONS, env_flag
 from channels_redis_fast.testing import (
     INSTALL_HINT,
     RedisNotInstalled,
@@ -69,7 +69,7 @@ def pytest_report_header(config):
 
 def pytest_sessionstart(session):
     # `make test` sets this: the suite must exercise the installed package, not the source tree.
-    if os.environ.get("CHANNELS_REDIS_FAST_TEST_INSTALLED"):
+    if env_flag("CHANNELS_REDIS_FAST_TEST_INSTALLED"):
         package_dir = Path(channels_redis_fast.__file__).resolve().parent
         if package_dir == (_REPO_ROOT / "channels_redis_fast").resolve():
             raise pytest.UsageError(

@@ -8,6 +8,7 @@ test_speedups_parity.py.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 from pathlib import Path
@@ -18,12 +19,7 @@ import pytest
 import channels_redis_fast
 from channels_redis_fast import speedups
 
-NO_EXTENSIONS = os.environ.get("CHANNELS_REDIS_FAST_NO_EXTENSIONS", "").strip().lower() not in (
-    "",
-    "0",
-    "false",
-    "no",
-)
+NO_EXTENSIONS = speedups.env_flag("CHANNELS_REDIS_FAST_NO_EXTENSIONS")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,9 +50,24 @@ def test_package_is_imported_from_the_installed_copy():
 
 
 def test_selector_exports_every_hot_path(impl):
-    for name in speedups.__all__:
-        if name not in ("IMPLEMENTATION", "NO_EXTENSIONS", "REQUIRE_EXTENSIONS"):
-            assert callable(getattr(impl, name)), name
+    for name in impl.__all__:
+        assert callable(getattr(impl, name)), name
+        assert name in speedups.__all__, name
+    active = importlib.import_module("channels_redis_fast." + ("_speedups_py" if NO_EXTENSIONS else "_speedups"))
+    assert all(getattr(speedups, name) is getattr(active, name) for name in active.__all__)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, False), ("", False), ("0", False), ("false", False), (" No ", False), ("FALSE", False),
+     ("1", True), ("yes", True), ("true", True), ("on", True)],
+)  # fmt: skip
+def test_env_flag_rule(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("CHANNELS_REDIS_FAST_SOME_FLAG", raising=False)
+    else:
+        monkeypatch.setenv("CHANNELS_REDIS_FAST_SOME_FLAG", value)
+    assert speedups.env_flag("CHANNELS_REDIS_FAST_SOME_FLAG") is expected
 
 
 # --- consistent_hash ------------------------------------------------------------------------

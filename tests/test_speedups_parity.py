@@ -41,6 +41,28 @@ def cc():
     return importlib.import_module("channels_redis_fast._speedups")
 
 
+def _defined_in(module) -> set[str]:
+    """The public classes and functions ``module`` defines itself (not what it imports)."""
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+    }
+
+
+def test_pure_twin_lists_every_hot_path_it_defines():
+    # Its __all__ is the one list of hot paths (speedups.py exports what it names).
+    assert sorted(py.__all__) == sorted(_defined_in(py))
+
+
+@needs_compiled
+def test_compiled_module_defines_the_pure_twins_hot_paths(cc):
+    assert cc.__all__ == sorted(py.__all__)
+    assert _defined_in(cc) == set(py.__all__)
+    for name in py.__all__:
+        assert isinstance(getattr(cc, name), type) == isinstance(getattr(py, name), type), name
+
+
 def _outcome(func, *args):
     """(True, result) or (False, exception type name) for comparing error behaviour."""
     try:
