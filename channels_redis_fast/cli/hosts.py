@@ -1,8 +1,8 @@
 """``--hosts`` arguments and synchronous redis-py clients for the layers' ``hosts`` entries.
 
 The entries are decoded by the layers' own ``decode_hosts`` and normalised as
-``connection.make_pool`` normalises them (bounded socket timeouts, RESP2), so a command
-reaches a shard the way the layer would.
+``connection.make_pool`` normalises them (``bounded_timeouts``, no ``decode_responses``),
+so a command reaches a shard the way the layer would; these clients always speak RESP2.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..connection import DEFAULT_CONNECT_TIMEOUT, describe_host
+from ..connection import bounded_timeouts, describe_host
 from ..utils import decode_hosts
 
 __all__ = ["describe_host", "parse_hosts", "sentinel_for", "sync_client"]
@@ -33,16 +33,6 @@ def parse_hosts(values: Sequence[str]) -> list[dict[str, Any]]:
     return decode_hosts(entries)
 
 
-def _bounded(options: dict[str, Any]) -> dict[str, Any]:
-    # As make_pool: a dead or frozen server fails in seconds, also on redis-py < 8 whose
-    # defaults are "wait forever".
-    options = dict(options)
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        if options.get(name) is None:
-            options[name] = DEFAULT_CONNECT_TIMEOUT
-    return options
-
-
 def _one_attempt() -> Retry:
     return Retry(NoBackoff(), 0)
 
@@ -50,7 +40,7 @@ def _one_attempt() -> Retry:
 def sentinel_for(host: dict[str, Any], retry: bool = True) -> Sentinel:
     """redis-py's Sentinel for a sentinel ``hosts`` entry, with bounded timeouts."""
     sentinels = [tuple(address) for address in host["sentinels"]]
-    options = _bounded(host.get("sentinel_kwargs") or {})
+    options = bounded_timeouts(host.get("sentinel_kwargs") or {})
     if not retry:
         options["retry"] = _one_attempt()
     return Sentinel(sentinels, sentinel_kwargs=options)
@@ -63,7 +53,7 @@ def sync_client(host: dict[str, Any], retry: bool = True) -> redis.Redis:
     each (re)connect, as the layer does. ``retry=False``: one attempt per command, so a
     diagnosis reports the first failure at once instead of after redis-py's back-off.
     """
-    options = _bounded(host)
+    options = bounded_timeouts(host)
     if not retry:
         options["retry"] = _one_attempt()
     options["protocol"] = 2
