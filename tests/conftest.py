@@ -7,6 +7,7 @@ redis-server is missing the fixtures fail (they never skip) and say how to insta
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import importlib
 import ipaddress
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -317,15 +319,26 @@ def tls_server(certs):
 # ------------------------------------------------------------------------------- helpers
 
 
+async def receive_soon(layer, channel: str, timeout: float = 5.0):
+    """``layer.receive(channel)``, failing with TimeoutError after ``timeout`` seconds.
+
+    The bound only turns a lost message into a failure instead of a hung test.
+    """
+    return await asyncio.wait_for(layer.receive(channel), timeout)
+
+
+async def nothing_arrives(layer, channel: str, seconds: float = 0.3) -> None:
+    """Fail if a message for ``channel`` is received within ``seconds``."""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), seconds)
+
+
 async def until(predicate, timeout: float = 5.0, what: str = "the condition"):
     """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds.
 
     For waiting on a state another connection brings about (a subscriber socket, a
     server); the bound only turns a hang into a failure, it never decides a result.
     """
-    import asyncio
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -20,6 +20,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from channels_redis_fast import serializers
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.serializers import FernetCodec, registry
+from conftest import receive_soon
 
 NEW = "new-secret-0123456789abcdef0123456789"
 OLD = "old-secret-0123456789abcdef0123456789"
@@ -113,10 +114,6 @@ def _skipped(caplog) -> list:
     return [r for r in caplog.records if "could not be read" in r.getMessage()]
 
 
-async def _receive(layer, channel: str) -> dict:
-    return await asyncio.wait_for(layer.receive(channel), 5)
-
-
 @pytest.mark.asyncio
 async def test_key_rotation(redis_url, caplog):
     both = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[NEW, OLD])
@@ -128,22 +125,22 @@ async def test_key_rotation(redis_url, caplog):
         # Step 1 of a rotation: [new, old] writes with the new key; everyone on [new] or
         # [new, old] reads it, ours and stock.
         await both.send("rot.a", {"type": "m", "n": 1})
-        assert (await _receive(new_only, "rot.a"))["n"] == 1
+        assert (await receive_soon(new_only, "rot.a"))["n"] == 1
         await both.send("rot.a", {"type": "m", "n": 2})
-        assert (await _receive(both, "rot.a"))["n"] == 2
+        assert (await receive_soon(both, "rot.a"))["n"] == 2
         await both.send("rot.a", {"type": "m", "n": 3})
         assert (await asyncio.wait_for(stock_both.receive("rot.a"), 5))["n"] == 3
         await stock_both.send("rot.a", {"type": "m", "n": 4})
-        assert (await _receive(new_only, "rot.a"))["n"] == 4
+        assert (await receive_soon(new_only, "rot.a"))["n"] == 4
         # A process still on the old key: [new, old] reads its messages.
         await old_only.send("rot.b", {"type": "m", "n": 5})
-        assert (await _receive(both, "rot.b"))["n"] == 5
+        assert (await receive_soon(both, "rot.b"))["n"] == 5
         # Step 2: the old key is gone. A straggler's message is skipped with a warning,
         # and later messages still arrive.
         with caplog.at_level(logging.WARNING, logger="channels_redis_fast"):
             await old_only.send("rot.c", {"type": "m", "n": 6})
             await new_only.send("rot.c", {"type": "m", "n": 7})
-            assert (await _receive(new_only, "rot.c"))["n"] == 7
+            assert (await receive_soon(new_only, "rot.c"))["n"] == 7
         assert len(_skipped(caplog)) == 1
         assert "InvalidToken" in _skipped(caplog)[0].getMessage()
         # The same on a process-specific channel (batch delivery).
@@ -152,7 +149,7 @@ async def test_key_rotation(redis_url, caplog):
         with caplog.at_level(logging.WARNING, logger="channels_redis_fast"):
             await old_only.send(channel, {"type": "m", "n": 8})
             await both.send(channel, {"type": "m", "n": 9})
-            assert (await _receive(new_only, channel))["n"] == 9
+            assert (await receive_soon(new_only, channel))["n"] == 9
         assert len(_skipped(caplog)) == 1
         assert new_only.stats_counters["malformed"] == 2
     finally:
@@ -179,11 +176,11 @@ async def test_tampered_and_foreign_ciphertext_refused(redis_server, redis_url, 
         await foreign.send(channel, {"type": "m", "n": 2})
         await layer.send(channel, {"type": "m", "n": 3})
         with caplog.at_level(logging.WARNING, logger="channels_redis_fast"):
-            assert (await _receive(layer, channel))["n"] == 3
+            assert (await receive_soon(layer, channel))["n"] == 3
         assert len(_skipped(caplog)) == 2
         assert layer.stats_counters["malformed"] == 2
         await layer.send(channel, {"type": "m", "n": 4})
-        assert (await _receive(layer, channel))["n"] == 4
+        assert (await receive_soon(layer, channel))["n"] == 4
     finally:
         await layer.close_pools()
         await foreign.close_pools()

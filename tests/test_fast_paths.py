@@ -21,12 +21,9 @@ from asgiref.sync import async_to_sync
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.utils import running_loop
+from conftest import receive_soon
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _receive(layer, channel, timeout=5.0):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
 
 
 async def _waiting(task: asyncio.Task) -> None:
@@ -53,8 +50,8 @@ async def test_core_receive_cancelled_after_handover_keeps_its_message(redis_url
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _receive(layer, channel) == {"n": 1}
-    assert await _receive(layer, channel) == {"n": 2}
+    assert await receive_soon(layer, channel) == {"n": 1}
+    assert await receive_soon(layer, channel) == {"n": 2}
     await layer.flush()
 
 
@@ -67,7 +64,7 @@ async def test_core_handover_wakes_each_waiting_receiver_once(redis_url):
         await layer.send(channel, {"n": n})
     got = [await asyncio.wait_for(task, 5) for task in tasks]
     assert [m["n"] for m in got] == [0, 1, 2]
-    assert [(await _receive(layer, channel))["n"] for _ in range(2)] == [3, 4]
+    assert [(await receive_soon(layer, channel))["n"] for _ in range(2)] == [3, 4]
     assert not layer.receive_buffer.get(channel)  # gone, or kept empty for the next wait
     await layer.flush()
 
@@ -88,7 +85,7 @@ async def test_pubsub_receive_cancelled_after_handover_keeps_its_message(redis_u
     with pytest.raises(asyncio.CancelledError):
         await first
     assert await asyncio.wait_for(second, 5) == {"n": 1}
-    assert await _receive(layer, channel) == {"n": 2}
+    assert await receive_soon(layer, channel) == {"n": 2}
     await layer.close()
 
 
@@ -106,7 +103,7 @@ async def test_pubsub_group_members_each_get_their_own_message(redis_url, messag
     for channel in members:
         await layer.group_add("room", channel)
     await layer.group_send("room", message)
-    got = [await _receive(layer, channel) for channel in members]
+    got = [await receive_soon(layer, channel) for channel in members]
     assert all(m == message for m in got)
     assert len({id(m) for m in got}) == 3
     # One consumer mutating its message (at any depth) leaves the others' alone.
@@ -126,9 +123,9 @@ async def test_pubsub_group_message_that_does_not_decode_fails_each_receive(redi
     await layer._get_layer()._get_shard(group_channel).publish(group_channel, b"\xc1 not msgpack")
     for channel in members:
         with pytest.raises(Exception):
-            await _receive(layer, channel)
+            await receive_soon(layer, channel)
     await layer.group_send("room", {"type": "ok"})
-    assert [await _receive(layer, c) for c in members] == [{"type": "ok"}] * 2
+    assert [await receive_soon(layer, c) for c in members] == [{"type": "ok"}] * 2
     await layer.close()
 
 
@@ -201,10 +198,10 @@ async def test_core_group_members_of_one_process_each_get_their_own_message(redi
         got = await asyncio.wait_for(asyncio.gather(*receives), 5)
     else:
         await layer.group_send("room", message)
-        await _receive(layer, members[0])  # starts the pump: the others are buffered
+        await receive_soon(layer, members[0])  # starts the pump: the others are buffered
         await layer.group_send("room", message)
         await asyncio.sleep(0.05)
-        got = [await _receive(layer, channel) for channel in members]
+        got = [await receive_soon(layer, channel) for channel in members]
     assert all(m == message for m in got)
     assert len({id(m) for m in got}) == 3
     got[0]["type"] = "changed"

@@ -17,17 +17,9 @@ from channels_redis.core import RedisChannelLayer as StockLayer
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.group_plan import make_plan, member_digest
 from channels_redis_fast.scripts import group_send_known_script
+from conftest import nothing_arrives, receive_soon
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _receive(layer, channel, timeout=5.0):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
-
-
-async def _nothing(layer, channel, timeout=0.3):
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(layer.receive(channel), timeout)
 
 
 @pytest.mark.parametrize("other_kind", ["ours", "stock"])
@@ -41,22 +33,22 @@ async def test_membership_changed_elsewhere_is_seen_by_the_next_send(redis_url, 
     b = await other.new_channel()
     await sender.group_add("room", a)
     await sender.group_send("room", {"type": "m", "n": 1})  # reads members, makes a plan
-    assert await _receive(sender, a) == {"type": "m", "n": 1}
+    assert await receive_soon(sender, a) == {"type": "m", "n": 1}
     assert "room" in sender._group_plans
 
     await other.group_add("room", b)  # the sender's plan is now stale
     await sender.group_send("room", {"type": "m", "n": 2})
-    assert await _receive(sender, a) == {"type": "m", "n": 2}
-    assert await _receive(other, b) == {"type": "m", "n": 2}
+    assert await receive_soon(sender, a) == {"type": "m", "n": 2}
+    assert await receive_soon(other, b) == {"type": "m", "n": 2}
 
     await other.group_discard("room", a)
     await sender.group_send("room", {"type": "m", "n": 3})
-    assert await _receive(other, b) == {"type": "m", "n": 3}
-    await _nothing(sender, a)
+    assert await receive_soon(other, b) == {"type": "m", "n": 3}
+    await nothing_arrives(sender, a)
 
     await other.group_discard("room", b)
     await sender.group_send("room", {"type": "m", "n": 4})  # nobody left
-    await _nothing(other, b)
+    await nothing_arrives(other, b)
     assert "room" not in sender._group_plans
     await sender.flush()
     await other.flush()
@@ -69,13 +61,13 @@ async def test_expired_member_is_not_sent_to_from_a_plan(redis_url):
     await layer.group_add("room", a)
     await layer.group_add("room", b)
     await layer.group_send("room", {"type": "first"})
-    assert [await _receive(layer, c) for c in (a, b)] == [{"type": "first"}] * 2
+    assert [await receive_soon(layer, c) for c in (a, b)] == [{"type": "first"}] * 2
     await asyncio.sleep(0.6)
     await layer.group_add("room", b)  # b renews its membership, a does not
     await asyncio.sleep(0.6)
     await layer.group_send("room", {"type": "second"})
-    assert await _receive(layer, b) == {"type": "second"}
-    await _nothing(layer, a)
+    assert await receive_soon(layer, b) == {"type": "second"}
+    await nothing_arrives(layer, a)
     await layer.flush()
 
 
@@ -131,14 +123,14 @@ async def test_plan_over_several_shards_is_checked_before_any_shard_is_written(s
     sender = layers[0]
     await sender.group_send("wide", {"type": "m", "n": 1})
     for layer, channel in zip(layers, channels):
-        assert await _receive(layer, channel) == {"type": "m", "n": 1}
+        assert await receive_soon(layer, channel) == {"type": "m", "n": 1}
     plan = sender._group_plans["wide"]
     assert not plan.on_group_shard and len(plan.by_shard) > 1
 
     # From the remembered plan: no member read, everyone still gets it.
     await sender.group_send("wide", {"type": "m", "n": 2})
     for layer, channel in zip(layers, channels):
-        assert await _receive(layer, channel) == {"type": "m", "n": 2}
+        assert await receive_soon(layer, channel) == {"type": "m", "n": 2}
     assert sender._group_plans["wide"] is plan
 
     # Changed elsewhere: a member leaves, another joins. The stale plan writes nothing,
@@ -147,13 +139,13 @@ async def test_plan_over_several_shards_is_checked_before_any_shard_is_written(s
     await other.group_add("wide", newcomer)
     await other.group_discard("wide", channels[1])
     await sender.group_send("wide", {"type": "m", "n": 3})
-    assert await _receive(other, newcomer) == {"type": "m", "n": 3}
+    assert await receive_soon(other, newcomer) == {"type": "m", "n": 3}
     for index, (layer, channel) in enumerate(zip(layers, channels)):
         if index == 1:
-            await _nothing(layer, channel)
+            await nothing_arrives(layer, channel)
         else:
-            assert await _receive(layer, channel) == {"type": "m", "n": 3}
-    await _nothing(other, newcomer)
+            assert await receive_soon(layer, channel) == {"type": "m", "n": 3}
+    await nothing_arrives(other, newcomer)
     assert sender._group_plans["wide"] is not plan
     for layer in (*layers, other):
         await layer.flush()

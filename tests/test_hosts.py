@@ -11,12 +11,7 @@ import redis
 
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.testing import RedisServer
-
-TIMEOUT = 5
-
-
-async def recv(layer, channel, timeout=TIMEOUT):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
+from conftest import receive_soon
 
 
 async def round_trip(layer):
@@ -27,9 +22,9 @@ async def round_trip(layer):
     await layer.send("hosts.worker", {"type": "worker", "tag": tag})
     await layer.group_add("hosts-group", channel)
     await layer.group_send("hosts-group", {"type": "group", "tag": tag})
-    assert await recv(layer, channel) == {"type": "direct", "tag": tag}
-    assert await recv(layer, channel) == {"type": "group", "tag": tag}
-    assert await recv(layer, "hosts.worker") == {"type": "worker", "tag": tag}
+    assert await receive_soon(layer, channel) == {"type": "direct", "tag": tag}
+    assert await receive_soon(layer, channel) == {"type": "group", "tag": tag}
+    assert await receive_soon(layer, "hosts.worker") == {"type": "worker", "tag": tag}
     return channel
 
 
@@ -39,7 +34,7 @@ async def check_lands_then_round_trip(layer, client):
     key = "asgi" + layer.non_local_name(channel)
     await layer.send(channel, {"type": "probe"})
     assert client.zcard(key) == 1
-    assert await recv(layer, channel) == {"type": "probe"}
+    assert await receive_soon(layer, channel) == {"type": "probe"}
     assert client.exists(key) == 0
     await round_trip(layer)
     await layer.flush()
@@ -86,7 +81,7 @@ async def test_address_dict_with_redis_py_options(redis_url, client):
     await layer.send(channel, {"type": "named"})
     # redis-py made the connection, so its options (here CLIENT SETNAME) applied
     assert any(c.get("name") == name for c in client.client_list())
-    assert await recv(layer, channel) == {"type": "named"}
+    assert await receive_soon(layer, channel) == {"type": "named"}
     await round_trip(layer)
     await layer.flush()
 
@@ -252,12 +247,12 @@ async def test_several_shards(redis_shards, shard_urls):
             assert all(not c.exists(key) for j, c in enumerate(clients) if j != index)
         for i, channel in enumerate(channels_):
             owner = layer if i < 6 else other
-            assert await recv(owner, channel) == {"type": "direct", "i": i}
+            assert await receive_soon(owner, channel) == {"type": "direct", "i": i}
         # worker channel: round robin over every shard, all received
         for i in range(9):
             await layer.send("sharded.worker", {"i": i})
         assert [c.zcard("asgisharded.worker") for c in clients] == [3, 3, 3]
-        got = sorted([(await recv(other, "sharded.worker"))["i"] for _ in range(9)])
+        got = sorted([(await receive_soon(other, "sharded.worker"))["i"] for _ in range(9)])
         assert got == list(range(9))
         # groups: the group key on the group's shard, members across both processes
         for channel in channels_:
@@ -269,11 +264,11 @@ async def test_several_shards(redis_shards, shard_urls):
         await other.group_send("sharded-group", {"type": "group"})
         for i, channel in enumerate(channels_):
             owner = layer if i < 6 else other
-            assert await recv(owner, channel) == {"type": "group"}
+            assert await receive_soon(owner, channel) == {"type": "group"}
         # ``other`` received on this work queue last and its pumps may still be blocked
         # on it; what they pop with nobody waiting goes back to Redis, so ``layer``
         # gets the group message (test_layer_api.py::test_abandoned_receive_...).
-        assert await recv(layer, "sharded.worker") == {"type": "group"}
+        assert await receive_soon(layer, "sharded.worker") == {"type": "group"}
         await layer.group_discard("sharded-group", channels_[0])
         assert clients[group_index].zcard(b"asgi:group:sharded-group") == 12
     finally:
@@ -292,7 +287,7 @@ async def test_mixed_host_forms_as_shards(redis_shards, shard_urls):
         for i in range(3):
             await layer.send("mixed.worker", {"i": i})
         assert [s.client().zcard("asgimixed.worker") for s in redis_shards] == [1, 1, 1]
-        assert sorted([(await recv(layer, "mixed.worker"))["i"] for _ in range(3)]) == [0, 1, 2]
+        assert sorted([(await receive_soon(layer, "mixed.worker"))["i"] for _ in range(3)]) == [0, 1, 2]
     finally:
         await layer.flush()
 

@@ -21,17 +21,7 @@ import redis
 
 from channels_redis_fast import core, serializers, utils
 from channels_redis_fast.core import ChannelFull, RedisChannelLayer
-
-TIMEOUT = 5
-
-
-async def recv(layer, channel, timeout=TIMEOUT):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
-
-
-async def assert_nothing(layer, channel, timeout=0.4):
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(layer.receive(channel), timeout)
+from conftest import nothing_arrives, receive_soon
 
 
 @pytest.fixture
@@ -144,7 +134,7 @@ async def test_new_channel_format():
 async def test_send_receive_normal_channel(layer, sync_redis):
     await layer.send("test.channel", {"type": "test.message", "text": "hi", "b": b"\x00\xff"})
     assert sync_redis.zcard("asgitest.channel") == 1
-    assert await recv(layer, "test.channel") == {"type": "test.message", "text": "hi", "b": b"\x00\xff"}
+    assert await receive_soon(layer, "test.channel") == {"type": "test.message", "text": "hi", "b": b"\x00\xff"}
     assert sync_redis.exists("asgitest.channel") == 0
 
 
@@ -155,7 +145,7 @@ async def test_send_receive_process_channel(layer, sync_redis):
     key = "asgi" + layer.non_local_name(channel)
     (member,) = sync_redis.zrange(key, 0, -1)
     assert layer.deserialize(member)["__asgi_channel__"] == channel
-    message = await recv(layer, channel)
+    message = await receive_soon(layer, channel)
     assert message == {"type": "test.message", "n": 1}
 
 
@@ -164,7 +154,7 @@ async def test_send_does_not_modify_message(layer):
     message = {"type": "x"}
     await layer.send(channel, message)
     assert message == {"type": "x"}
-    assert await recv(layer, channel) == {"type": "x"}
+    assert await receive_soon(layer, channel) == {"type": "x"}
 
 
 async def test_fifo_order(redis_url):
@@ -174,11 +164,10 @@ async def test_fifo_order(redis_url):
         for i in range(20):
             await layer.send("fifo.normal", {"i": i})
             await layer.send(channel, {"i": i})
-        assert [(await recv(layer, "fifo.normal"))["i"] for _ in range(20)] == list(range(20))
-        assert [(await recv(layer, channel))["i"] for _ in range(20)] == list(range(20))
+        assert [(await receive_soon(layer, "fifo.normal"))["i"] for _ in range(20)] == list(range(20))
+        assert [(await receive_soon(layer, channel))["i"] for _ in range(20)] == list(range(20))
     finally:
         await layer.flush()
-
 
 
 async def test_abandoned_receive_does_not_steal_work(redis_url):
@@ -187,7 +176,7 @@ async def test_abandoned_receive_does_not_steal_work(redis_url):
     a = RedisChannelLayer(hosts=[redis_url])
     b = RedisChannelLayer(hosts=[redis_url])
     try:
-        await assert_nothing(a, "shared.work", 0.3)
+        await nothing_arrives(a, "shared.work", 0.3)
         waiting = asyncio.ensure_future(b.receive("shared.work"))
         await asyncio.sleep(0.2)
         await b.send("shared.work", {"type": "job"})
@@ -207,9 +196,9 @@ async def test_capacity_raises_channel_full(layer, sync_redis):
     with pytest.raises(ChannelFull):
         await layer.send("tiny", {"i": 1})
     # draining makes room again
-    assert (await recv(layer, "cap.channel"))["i"] == 0
+    assert (await receive_soon(layer, "cap.channel"))["i"] == 0
     await layer.send("cap.channel", {"i": 4})
-    assert [(await recv(layer, "cap.channel"))["i"] for _ in range(3)] == [1, 2, 4]
+    assert [(await receive_soon(layer, "cap.channel"))["i"] for _ in range(3)] == [1, 2, 4]
 
 
 async def test_capacity_process_channel(layer):
@@ -218,7 +207,7 @@ async def test_capacity_process_channel(layer):
         await layer.send(channel, {"i": i})
     with pytest.raises(ChannelFull):
         await layer.send(channel, {"i": 3})
-    assert [(await recv(layer, channel))["i"] for _ in range(3)] == [0, 1, 2]
+    assert [(await receive_soon(layer, channel))["i"] for _ in range(3)] == [0, 1, 2]
 
 
 async def test_channel_capacity_globs_and_regexes(redis_url):
@@ -275,15 +264,15 @@ async def test_group_add_send_discard(redis_url, sync_redis):
         assert sync_redis.zcard(b"asgi:group:chat") == 3
         assert 86000 < sync_redis.ttl(b"asgi:group:chat") <= 86400
         await one.group_send("chat", {"type": "hello"})
-        assert await recv(one, a) == {"type": "hello"}
-        assert await recv(two, b) == {"type": "hello"}
-        assert await recv(one, "worker.queue") == {"type": "hello"}
+        assert await receive_soon(one, a) == {"type": "hello"}
+        assert await receive_soon(two, b) == {"type": "hello"}
+        assert await receive_soon(one, "worker.queue") == {"type": "hello"}
         await two.group_discard("chat", b)
         await one.group_discard("chat", "not.a.member")  # a no-op
         assert sync_redis.zcard(b"asgi:group:chat") == 2
         await two.group_send("chat", {"type": "again"})
-        assert await recv(one, a) == {"type": "again"}
-        await assert_nothing(two, b)
+        assert await receive_soon(one, a) == {"type": "again"}
+        await nothing_arrives(two, b, 0.4)
         assert sync_redis.exists("asgi" + two.non_local_name(b)) == 0
     finally:
         await one.flush()
@@ -307,7 +296,7 @@ async def test_group_send_bundles_members_of_one_process(redis_url, sync_redis):
         assert len(members) == 1
         assert sorted(layer.deserialize(members[0])["__asgi_channel__"]) == sorted(channels_)
         for channel in channels_:
-            assert await recv(layer, channel) == {"type": "fan"}
+            assert await receive_soon(layer, channel) == {"type": "fan"}
     finally:
         await layer.flush()
 
@@ -327,9 +316,9 @@ async def test_group_over_capacity_is_logged(redis_url, caplog):
         assert records[0].levelno == logging.INFO
         assert records[0].getMessage() == "2 of 3 channels over capacity in group crowd"
         # the full channels kept only their old message; the free one got the group's
-        assert await recv(layer, "full.one") == {"fill": 1}
-        assert await recv(layer, "room.three") == {"type": "g"}
-        await assert_nothing(layer, "full.one", 0.3)
+        assert await receive_soon(layer, "full.one") == {"fill": 1}
+        assert await receive_soon(layer, "room.three") == {"type": "g"}
+        await nothing_arrives(layer, "full.one", 0.3)
     finally:
         await layer.flush()
 
@@ -393,7 +382,7 @@ async def test_custom_serializer_format(redis_url, sync_redis):
         await layer.send("custom.q", {"type": "c", "n": 5})
         (member,) = sync_redis.zrange("asgicustom.q", 0, -1)
         assert member[12:] == b'C{"type": "c", "n": 5}'
-        assert await recv(layer, "custom.q") == {"type": "c", "n": 5}
+        assert await receive_soon(layer, "custom.q") == {"type": "c", "n": 5}
         assert _CountingSerializer.calls["as_bytes"] >= 1
         assert _CountingSerializer.calls["from_bytes"] >= 1
     finally:
@@ -405,7 +394,7 @@ async def test_json_serializer_layer(redis_url):
     try:
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "j", "list": [1, "a"]})
-        assert await recv(layer, channel) == {"type": "j", "list": [1, "a"]}
+        assert await receive_soon(layer, channel) == {"type": "j", "list": [1, "a"]}
     finally:
         await layer.flush()
 
@@ -488,7 +477,7 @@ async def test_flush_removes_only_our_keys_with_scan(redis_url, sync_redis):
     assert len(layer.receive_buffer) == 0
     # the layer reconnects after a flush
     await layer.send("normal.channel", {"type": "again"})
-    assert await recv(layer, "normal.channel") == {"type": "again"}
+    assert await receive_soon(layer, "normal.channel") == {"type": "again"}
     await layer.flush()
     await other_prefix.flush()
     assert sync_redis.exists("otherappkept.channel", b"otherapp:group:g2") == 0
@@ -536,10 +525,10 @@ async def test_fractional_expiry_send_and_group_send(redis_url, sync_redis):
         await layer.group_send("frac", {"type": "group"})
         ttl = sync_redis.ttl("asgifrac.queue")
         assert 1 <= ttl <= 3
-        assert await recv(layer, channel) == {"type": "direct"}
-        assert await recv(layer, channel) == {"type": "group"}
-        assert await recv(layer, "frac.queue") == {"type": "queued"}
-        assert await recv(layer, "frac.queue") == {"type": "group"}
+        assert await receive_soon(layer, channel) == {"type": "direct"}
+        assert await receive_soon(layer, channel) == {"type": "group"}
+        assert await receive_soon(layer, "frac.queue") == {"type": "queued"}
+        assert await receive_soon(layer, "frac.queue") == {"type": "group"}
     finally:
         await layer.flush()
 
@@ -561,10 +550,10 @@ async def test_expired_messages_are_never_delivered(redis_url, sync_redis):
         assert sync_redis.zcard(process_key) == 2
         assert sync_redis.exists("asgistale.queue", "asgistale.group.queue") == 2
         for name in (channel, grouped, "stale.queue", "stale.group.queue"):
-            await assert_nothing(layer, name, 0.3)
+            await nothing_arrives(layer, name, 0.3)
         # a fresh message still gets through
         await layer.send(channel, {"type": "fresh"})
-        assert await recv(layer, channel) == {"type": "fresh"}
+        assert await receive_soon(layer, channel) == {"type": "fresh"}
     finally:
         await layer.flush()
 
@@ -577,7 +566,7 @@ async def test_expiry_one_second(redis_url):
         await layer.group_add("g", channel)
         await layer.group_send("g", {"type": "stale"})
         await asyncio.sleep(1.2)
-        await assert_nothing(layer, channel, 0.3)
+        await nothing_arrives(layer, channel, 0.3)
     finally:
         await layer.flush()
 
@@ -612,7 +601,7 @@ async def test_get_channel_layer_from_settings(channel_layers_settings, sync_red
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "via.settings"})
         assert sync_redis.exists("django" + layer.non_local_name(channel))
-        assert await recv(layer, channel) == {"type": "via.settings"}
+        assert await receive_soon(layer, channel) == {"type": "via.settings"}
     finally:
         await layer.flush()
 

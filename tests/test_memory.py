@@ -11,9 +11,8 @@ import asyncio
 import os
 import time
 
-import pytest
-
 from channels_redis_fast.core import KEEP_EMPTY_BUFFERS, SWEEP_INTERVAL, RedisChannelLayer
+from conftest import nothing_arrives
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CHURN = 100_000
@@ -26,11 +25,6 @@ MAX_CONTAINER = 20_000
 def _rss() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * PAGE
-
-
-async def _nothing(layer, channel, timeout=0.3):
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(layer.receive(channel), timeout)
 
 
 async def test_local_buffer_is_bounded_and_drops_oldest(redis_url):
@@ -52,7 +46,7 @@ async def test_local_buffer_is_bounded_and_drops_oldest(redis_url):
         # Only the newest five survived the overflow, in order.
         got = [await asyncio.wait_for(layer.receive(b), 5) for _ in range(5)]
         assert got == [{"round": 2, "i": i} for i in range(15, 20)]
-    await _nothing(layer, b)
+    await nothing_arrives(layer, b)
     assert b not in layer.receive_buffer, "an emptied buffer was kept"
     await layer.flush()
 
@@ -128,5 +122,5 @@ async def test_buffers_never_received_from_are_swept_after_expiry(redis_url):
     assert set(layer.receive_buffer) <= {active}
     assert all(not buffer.qsize() for buffer in layer.receive_buffer.values())
     # Their messages had expired anyway: nothing is delivered late.
-    await _nothing(layer, forgotten[0])
+    await nothing_arrives(layer, forgotten[0])
     await layer.flush()

@@ -15,13 +15,10 @@ import channels_redis.core as stock_core
 import pytest
 
 from channels_redis_fast.core import RedisChannelLayer
+from conftest import receive_soon
 
 TIMEOUT = 8  # a stock receive on a normal channel may block 5 s on an empty shard
 KEYS = ["mixed-fleet-key-one-" + "k" * 20, "mixed-fleet-key-two-" + "q" * 20]
-
-
-async def recv(layer, channel, timeout=TIMEOUT):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
 
 
 @pytest.fixture(params=["one-shard", "three-shards"])
@@ -65,7 +62,7 @@ async def test_direct_stock_to_ours(fleet, urls):
         process_shard = ours.consistent_hash(ours.non_local_name(channels_[0]))
         assert any(stock.consistent_hash(c) != process_shard for c in channels_)
     for channel, message in zip(channels_, sent):
-        assert await recv(ours, channel) == message
+        assert await receive_soon(ours, channel, TIMEOUT) == message
 
 
 async def test_direct_ours_to_stock(fleet):
@@ -75,7 +72,7 @@ async def test_direct_ours_to_stock(fleet):
     for channel, message in zip(channels_, sent):
         await ours.send(channel, message)
     for channel, message in zip(channels_, sent):
-        assert await recv(stock, channel) == message
+        assert await receive_soon(stock, channel, TIMEOUT) == message
 
 
 async def test_worker_channel_both_directions(fleet, urls):
@@ -85,7 +82,7 @@ async def test_worker_channel_both_directions(fleet, urls):
     sent = [{"type": "w", "i": i, "tag": tag()} for i in range(2 * n)]
     for message in sent:
         await stock.send("fleet.to-ours", message)
-    got = [await recv(ours, "fleet.to-ours") for _ in sent]
+    got = [await receive_soon(ours, "fleet.to-ours", TIMEOUT) for _ in sent]
     assert sorted(m["i"] for m in got) == list(range(2 * n))
     assert all(m in sent for m in got)
     # ours -> stock: both walk the shards round robin from 0, so each stock receive
@@ -93,7 +90,7 @@ async def test_worker_channel_both_directions(fleet, urls):
     sent = [{"type": "w", "i": i, "tag": tag()} for i in range(n)]
     for message in sent:
         await ours.send("fleet.to-stock", message)
-    got = [await recv(stock, "fleet.to-stock") for _ in sent]
+    got = [await receive_soon(stock, "fleet.to-stock", TIMEOUT) for _ in sent]
     assert sorted(m["i"] for m in got) == list(range(n))
     assert all(m in sent for m in got)
 
@@ -111,7 +108,7 @@ async def test_encrypted_wire_format(urls, encryption, fleet, redis_shards, redi
     else:
         assert b"peek" in member
     assert stock.deserialize(member) == {"type": "peek", "__asgi_channel__": channel}
-    assert await recv(stock, channel) == {"type": "peek"}
+    assert await receive_soon(stock, channel, TIMEOUT) == {"type": "peek"}
 
 
 async def test_groups_across_the_fleet(fleet):
@@ -127,16 +124,16 @@ async def test_groups_across_the_fleet(fleet):
         message = {"type": "fleet.group", "from": type(sender).__module__, "tag": tag()}
         await sender.group_send("fleet", message)
         for channel in stock_channels:
-            assert await recv(stock, channel) == message
+            assert await receive_soon(stock, channel, TIMEOUT) == message
         for channel in our_channels:
-            assert await recv(ours, channel) == message
-        assert await recv(ours, "fleet.group-worker") == message
+            assert await receive_soon(ours, channel, TIMEOUT) == message
+        assert await receive_soon(ours, "fleet.group-worker", TIMEOUT) == message
     # a discard from the other side takes effect for both
     await ours.group_discard("fleet", stock_channels[0])
     await stock.group_discard("fleet", our_channels[0])
     await ours.group_send("fleet", {"type": "after-discard"})
-    assert await recv(stock, stock_channels[1]) == {"type": "after-discard"}
-    assert await recv(ours, our_channels[1]) == {"type": "after-discard"}
+    assert await receive_soon(stock, stock_channels[1], TIMEOUT) == {"type": "after-discard"}
+    assert await receive_soon(ours, our_channels[1], TIMEOUT) == {"type": "after-discard"}
     for layer, channel in ((stock, stock_channels[0]), (ours, our_channels[0])):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(layer.receive(channel), 0.3)
@@ -156,8 +153,8 @@ async def test_key_rotation_across_the_fleet(urls):
         back = await stock.new_channel()
         await stock.send(channel, {"type": "rotated"})
         await ours.send(back, {"type": "old-key"})
-        assert await recv(ours, channel) == {"type": "rotated"}
-        assert await recv(stock, back) == {"type": "old-key"}
+        assert await receive_soon(ours, channel, TIMEOUT) == {"type": "rotated"}
+        assert await receive_soon(stock, back, TIMEOUT) == {"type": "old-key"}
     finally:
         await ours.flush()
         await stock.flush()

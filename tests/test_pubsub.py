@@ -16,18 +16,9 @@ from channels_redis.pubsub import RedisPubSubChannelLayer as AnchorPubSubLayer
 
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.utils import _consistent_hash
-from conftest import until
+from conftest import nothing_arrives, receive_soon, until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _receive(layer, channel, timeout=2.0):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
-
-
-async def _nothing_for(layer, channel, seconds=0.3):
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(layer.receive(channel), seconds)
 
 
 @pytest.fixture
@@ -42,7 +33,7 @@ async def test_new_channel_round_trip(layer):
     assert channel.startswith("asgispecific.") and len(channel) == len("asgispecific.") + 32
     message = {"type": "test.message", "text": "Ahoy-hoy!", "blob": b"\x00\xff", "n": [1, 2.5, None]}
     await layer.send(channel, message)
-    assert await _receive(layer, channel) == message
+    assert await receive_soon(layer, channel) == message
 
 
 async def test_fifo_order_and_custom_prefix(redis_url):
@@ -52,7 +43,7 @@ async def test_fifo_order_and_custom_prefix(redis_url):
         assert channel.startswith("myappchat.")
         for i in range(50):
             await layer.send(channel, {"type": "m", "i": i})
-        assert [(await _receive(layer, channel))["i"] for _ in range(50)] == list(range(50))
+        assert [(await receive_soon(layer, channel))["i"] for _ in range(50)] == list(range(50))
     finally:
         await layer.close()
 
@@ -82,10 +73,10 @@ async def test_groups_fan_out_and_discard(layer):
     await layer.group_add("room", a)  # adding twice is harmless
     await layer.group_discard("room", b)
     await layer.group_send("room", {"type": "chat", "text": "hi"})
-    assert await _receive(layer, a) == {"type": "chat", "text": "hi"}
-    assert await _receive(layer, c) == {"type": "chat", "text": "hi"}
-    await _nothing_for(layer, a)
-    await _nothing_for(layer, b)
+    assert await receive_soon(layer, a) == {"type": "chat", "text": "hi"}
+    assert await receive_soon(layer, c) == {"type": "chat", "text": "hi"}
+    await nothing_arrives(layer, a)
+    await nothing_arrives(layer, b)
 
 
 async def test_group_add_needs_a_local_channel(layer):
@@ -133,8 +124,8 @@ async def test_multiple_shards_route_by_consistent_hash(shard_urls):
         for i, group in enumerate(groups):
             await layer.group_send(group, {"type": "group", "g": i})
         for i, channel in enumerate(channels):
-            assert (await _receive(layer, channel))["to"] == channel
-            assert (await _receive(layer, channel)) == {"type": "group", "g": i % 6}
+            assert (await receive_soon(layer, channel))["to"] == channel
+            assert (await receive_soon(layer, channel)) == {"type": "group", "g": i % 6}
     finally:
         await layer.close()
         for client in clients:
@@ -147,12 +138,12 @@ async def test_sentinel_round_trip_and_groups(sentinel_hosts):
         a = await layer.new_channel()
         b = await layer.new_channel()
         await layer.send(a, {"type": "direct"})
-        assert await _receive(layer, a) == {"type": "direct"}
+        assert await receive_soon(layer, a) == {"type": "direct"}
         await layer.group_add("g", a)
         await layer.group_add("g", b)
         await layer.group_send("g", {"type": "fan"})
-        assert await _receive(layer, a) == {"type": "fan"}
-        assert await _receive(layer, b) == {"type": "fan"}
+        assert await receive_soon(layer, a) == {"type": "fan"}
+        assert await receive_soon(layer, b) == {"type": "fan"}
     finally:
         await layer.close()
 
@@ -169,18 +160,18 @@ async def test_bounded_buffer_drops_oldest_and_counts(redis_url, caplog):
             # (16 of them pushed out) before the first receive, which would otherwise take
             # whatever had arrived so far.
             await until(lambda: layer.dropped == 16, 10, "21 messages at the subscriber")
-            received = [(await _receive(layer, channel))["i"] for _ in range(5)]
+            received = [(await receive_soon(layer, channel))["i"] for _ in range(5)]
         # The newest survive; the flush marker is the newest of all.
         assert received == list(range(16, 20)) + ["flush"]
         assert layer.dropped == 16
         assert any("dropped" in r.getMessage() for r in caplog.records)
-        await _nothing_for(layer, channel, 0.1)
+        await nothing_arrives(layer, channel, 0.1)
 
         tiny = await layer.new_channel(prefix="tiny.")
         for i in range(4):
             await layer.send(tiny, {"type": "m", "i": i})
         await until(lambda: layer.channels[tiny].buffer.dropped == 2, 10, "4 messages at the subscriber")
-        assert [(await _receive(layer, tiny))["i"] for _ in range(2)] == [2, 3]
+        assert [(await receive_soon(layer, tiny))["i"] for _ in range(2)] == [2, 3]
         assert layer.dropped == 18
     finally:
         await layer.close()
@@ -203,7 +194,7 @@ async def test_encryption_round_trip(redis_url):
         assert layer.serialize({"a": 1}).startswith(b"gAAAAA")  # a Fernet token
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "secret", "v": 42})
-        assert await _receive(layer, channel) == {"type": "secret", "v": 42}
+        assert await receive_soon(layer, channel) == {"type": "secret", "v": 42}
     finally:
         await layer.close()
 
@@ -219,10 +210,10 @@ async def test_interoperates_with_channels_redis_pubsub(redis_url):
         await theirs.group_add("mixed", their_channel)
         await theirs.send(mine, {"type": "from.anchor", "b": b"\x01"})
         await ours.send(their_channel, {"type": "from.fast"})
-        assert await _receive(ours, mine) == {"type": "from.anchor", "b": b"\x01"}
+        assert await receive_soon(ours, mine) == {"type": "from.anchor", "b": b"\x01"}
         assert await asyncio.wait_for(theirs.receive(their_channel), 2) == {"type": "from.fast"}
         await ours.group_send("mixed", {"type": "g"})
-        assert await _receive(ours, mine) == {"type": "g"}
+        assert await receive_soon(ours, mine) == {"type": "g"}
         assert await asyncio.wait_for(theirs.receive(their_channel), 2) == {"type": "g"}
     finally:
         await ours.close()
@@ -235,7 +226,7 @@ def test_async_to_sync_loops_are_cleaned_up(redis_url):
     async def round_trip():
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "x"})
-        return await _receive(layer, channel)
+        return await receive_soon(layer, channel)
 
     client = redis.Redis.from_url(redis_url)
     before = len(client.client_list())
@@ -260,4 +251,4 @@ async def test_flush_forgets_everything_and_layer_still_works(layer, redis_url):
     assert client.pubsub_channels() == []
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "after.flush"})
-    assert await _receive(layer, channel) == {"type": "after.flush"}
+    assert await receive_soon(layer, channel) == {"type": "after.flush"}

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channels_redis_fast.exceptions import InvalidMessageError
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
+from conftest import receive_soon, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,18 +55,6 @@ print(replies[0], f"{time.perf_counter() - start:.3f}", len(msgpack.packb({"type
 """
 
 
-async def _receive(layer, channel, timeout=5.0):
-    return await asyncio.wait_for(layer.receive(channel), timeout)
-
-
-async def _until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def _publish_calls(url):
     stats = redis.Redis.from_url(url).info("commandstats")
     return stats.get("cmdstat_publish", {}).get("calls", 0)
@@ -98,7 +87,7 @@ async def test_burst_is_read_fast_enough_and_bounded(redis_server, redis_url, re
         out, _ = await asyncio.wait_for(process.communicate(), 60)
         replies, publish_seconds, message_bytes = out.decode().split()
         assert int(replies) == BURST
-        await _until(lambda: loop_layer.dropped + len(local.buffer) == BURST, 20, "all messages")
+        await until(lambda: loop_layer.dropped + len(local.buffer) == BURST, 20, "all messages")
         elapsed = time.perf_counter() - started
         record_property("burst_messages_per_second", round(BURST / elapsed))
         print(f"\nburst: {BURST} x {message_bytes}-byte messages published in {float(publish_seconds):.2f}s, "
@@ -110,7 +99,7 @@ async def test_burst_is_read_fast_enough_and_bounded(redis_server, redis_url, re
         # Bounded: the newest `capacity` messages are kept, everything older was counted.
         assert len(local.buffer) == 100 and local.buffer.dropped == BURST - 100
         assert loop_layer.dropped == BURST - 100
-        received = [(await _receive(layer, channel))["i"] for _ in range(100)]
+        received = [(await receive_soon(layer, channel))["i"] for _ in range(100)]
         assert received == list(range(BURST - 100, BURST))
     finally:
         await layer.close()
@@ -131,14 +120,14 @@ async def test_resubscribes_after_restart_and_announces_it(fresh_redis):
 
         await asyncio.to_thread(fresh_redis.stop)
         for channel in (a, b):
-            assert await _receive(layer, channel) == {"type": "redis.disconnect"}
+            assert await receive_soon(layer, channel) == {"type": "redis.disconnect"}
         # Publishing while Redis is down fails loudly rather than pretending.
         with pytest.raises(RedisConnectionError):
             await layer.send(a, {"type": "lost"})
 
         await asyncio.to_thread(fresh_redis.start)
         for channel in (a, b):
-            assert await _receive(layer, channel, 10) == {"type": "redis.reconnect"}
+            assert await receive_soon(layer, channel, 10) == {"type": "redis.reconnect"}
         client = _client(fresh_redis)
         subscribed = {c.decode() for c in client.pubsub_channels()}
         assert subscribed == {a, b, "asgi__group__room", "general.work"}
@@ -146,13 +135,13 @@ async def test_resubscribes_after_restart_and_announces_it(fresh_redis):
         await layer.send(a, {"type": "direct"})
         await layer.group_send("room", {"type": "group"})
         await layer.send("general.work", {"type": "work"})
-        assert await _receive(layer, a) == {"type": "direct"}
-        assert await _receive(layer, a) == {"type": "group"}
-        assert await _receive(layer, b) == {"type": "group"}
+        assert await receive_soon(layer, a) == {"type": "direct"}
+        assert await receive_soon(layer, a) == {"type": "group"}
+        assert await receive_soon(layer, b) == {"type": "group"}
         # The pending receive on the general channel got the disconnect notice first.
         assert await asyncio.wait_for(general, 5) == {"type": "redis.disconnect"}
-        assert await _receive(layer, "general.work") == {"type": "redis.reconnect"}
-        assert await _receive(layer, "general.work") == {"type": "work"}
+        assert await receive_soon(layer, "general.work") == {"type": "redis.reconnect"}
+        assert await receive_soon(layer, "general.work") == {"type": "work"}
         client.close()
     finally:
         await layer.close()
@@ -167,10 +156,10 @@ async def test_closing_the_redis_handle_reconnects(redis_url):
         channel = await layer.new_channel()
         shard = layer._shards[0]
         await _close_redis(shard._redis)
-        assert await _receive(layer, channel) == {"type": "back"}
+        assert await receive_soon(layer, channel) == {"type": "back"}
         assert shard.subscriber.connects == 2
         await layer.send(channel, {"type": "after"})
-        assert await _receive(layer, channel) == {"type": "after"}
+        assert await receive_soon(layer, channel) == {"type": "after"}
     finally:
         await layer.close()
 
@@ -196,13 +185,13 @@ async def test_cancelled_receive_frees_and_unsubscribes_without_waiting(fresh_re
             assert loop_layer._shards[0].wanted == set()
         finally:
             os.kill(fresh_redis.pid, signal.SIGCONT)
-        await _until(lambda: client.pubsub_channels() == [], what="UNSUBSCRIBE on the server")
+        await until(lambda: client.pubsub_channels() == [], what="UNSUBSCRIBE on the server")
         # A timeout (wait_for) is a cancellation too, as in channels_redis.
         other = await layer.new_channel()
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(layer.receive(other), 0.1)
         assert layer.channels == {}
-        await _until(lambda: client.pubsub_channels() == [], what="UNSUBSCRIBE after timeout")
+        await until(lambda: client.pubsub_channels() == [], what="UNSUBSCRIBE after timeout")
     finally:
         await layer.close()
         client.close()
@@ -242,7 +231,7 @@ async def test_channel_churn_leaves_nothing_behind(redis_url):
             await asyncio.gather(*[consumer_lifetime(i) for i in range(start, start + 1000)])
             assert len(loop_layer.channels) == 0 and len(loop_layer.groups) == 0
         assert shard.wanted == set()
-        await _until(lambda: client.pubsub_channels() == [], 10, "server-side unsubscribes")
+        await until(lambda: client.pubsub_channels() == [], 10, "server-side unsubscribes")
         assert len(shard.subscriber.protocol._pending) == 0
         assert shard.subscriber.connects == 1
     finally:
@@ -305,7 +294,7 @@ async def test_subscribe_failure_leaves_no_channel(fresh_redis):
         await asyncio.to_thread(fresh_redis.start)
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "up"})
-        assert await _receive(layer, channel) == {"type": "up"}
+        assert await receive_soon(layer, channel) == {"type": "up"}
     finally:
         await layer.close()
 
@@ -322,11 +311,11 @@ async def test_silent_dead_subscriber_is_detected_by_ping(fresh_redis, monkeypat
         channel = await layer.new_channel()
         os.kill(fresh_redis.pid, signal.SIGSTOP)
         try:
-            assert await _receive(layer, channel, 5) == {"type": "down"}
+            assert await receive_soon(layer, channel, 5) == {"type": "down"}
         finally:
             os.kill(fresh_redis.pid, signal.SIGCONT)
-        assert await _receive(layer, channel, 10) == {"type": "up"}
+        assert await receive_soon(layer, channel, 10) == {"type": "up"}
         await layer.send(channel, {"type": "after"})
-        assert await _receive(layer, channel) == {"type": "after"}
+        assert await receive_soon(layer, channel) == {"type": "after"}
     finally:
         await layer.close()
