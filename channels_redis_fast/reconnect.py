@@ -89,7 +89,7 @@ class Reachable:
 
     async def wait(self, timeout: float) -> bool:
         """Sleep ``timeout`` seconds or until :meth:`notify`; True if notified."""
-        waiter = self.loop.create_future()
+        waiter: asyncio.Future[bool] = self.loop.create_future()
         self._waiters.add(waiter)
         timer = self.loop.call_later(timeout, _expire, waiter)
         try:

@@ -218,12 +218,14 @@ class BaseMessageSerializer(abc.ABC):
     def _encrypt(self, body: bytes) -> bytes:
         if self.crypter is getattr(self, "_codec_for", None) and self._codec is not None:
             return self._codec.encrypt(body)
-        return self.crypter.encrypt(body)  # a crypter someone swapped in
+        token: bytes = self.crypter.encrypt(body)  # a crypter someone swapped in
+        return token
 
     def _decrypt(self, token: bytes) -> bytes:
         if self.crypter is getattr(self, "_codec_for", None) and self._codec is not None:
             return self._codec.decrypt(token, self.token_ttl)
-        return self.crypter.decrypt(token, self.token_ttl)
+        body: bytes = self.crypter.decrypt(token, self.token_ttl)
+        return body
 
 
 class JSONSerializer(BaseMessageSerializer):

@@ -36,7 +36,7 @@ else:
         """
         loop = _thread_loop.loop
         if loop is not None and loop._thread_id == threading.get_ident():
-            return loop
+            return loop  # type: ignore[no-any-return]  # Any: _thread_id is private to BaseEventLoop
         loop = asyncio.get_running_loop()
         # Only loops built on BaseEventLoop say which thread runs them.
         _thread_loop.loop = loop if hasattr(loop, "_thread_id") else None

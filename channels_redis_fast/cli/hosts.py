@@ -65,5 +65,6 @@ def sync_client(host: dict[str, Any], retry: bool = True) -> redis.Redis:
         sentinel = sentinel_for(options, retry)
         options.pop("sentinels")
         options.pop("sentinel_kwargs", None)
-        return sentinel.master_for(master_name, **options)
+        client: redis.Redis = sentinel.master_for(master_name, **options)
+        return client
     return redis.Redis(**options)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -62,7 +62,7 @@ def free_port(host: str = LOOPBACK) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
-            port = sock.getsockname()[1]
+            port: int = sock.getsockname()[1]
         if port not in RESERVED_PORTS:
             return port
 
@@ -167,6 +167,9 @@ atexit.register(stop_all)
 # --------------------------------------------------------------------------------------
 # process plumbing shared by Redis and Sentinel
 # --------------------------------------------------------------------------------------
+
+
+_P = TypeVar("_P", bound="_Process")
 
 
 class _Process:
@@ -325,12 +328,12 @@ class _Process:
             _LIVE.discard(self)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self):
+    def __enter__(self: _P) -> _P:
         if not self.running:
             self.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - last resort
@@ -339,7 +342,7 @@ class _Process:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def client(self, **kwargs) -> redis.Redis:
+    def client(self, **kwargs: Any) -> redis.Redis:
         """A synchronous redis-py client for this server (the default one is cached)."""
         if kwargs:
             return self._new_client(**kwargs)
@@ -347,7 +350,7 @@ class _Process:
             self._client = self._new_client()
         return self._client
 
-    def _new_client(self, **kwargs) -> redis.Redis:
+    def _new_client(self, **kwargs: Any) -> redis.Redis:
         options: dict[str, Any] = dict(
             host=self.host,
             port=self.port,

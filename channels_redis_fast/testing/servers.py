@@ -131,7 +131,7 @@ class RedisServer(_Process):
                 ) from exc
             raise
 
-    def _new_client(self, **kwargs) -> redis.Redis:
+    def _new_client(self, **kwargs: Any) -> redis.Redis:
         if self.tls:
             kwargs = {**self.ssl_kwargs, **kwargs}
         return super()._new_client(**kwargs)
@@ -269,7 +269,7 @@ class SentinelServer(_Process):
     def sentinel_kwargs(self) -> dict:
         return {"password": self.password} if self.password else {}
 
-    def hosts_entry(self, **extra) -> dict:
+    def hosts_entry(self, **extra: Any) -> dict:
         """A ``hosts`` entry for RedisChannelLayer that reaches the master through this sentinel."""
         entry: dict[str, Any] = {"sentinels": [self.address], "master_name": self.name}
         if self.password:
