@@ -368,7 +368,7 @@ async def test_group_send_from_a_management_command(chat_servers, chat_redis):
 
 
 async def test_group_send_from_a_sync_view(chat_servers, chat_redis):
-    """A plain sync Django view on process b sends 200 messages to a client on process a."""
+    """A plain sync Django view on process b sends 100 messages to a client on process a."""
     room = "view"
     client = await Client.open(chat_servers[0], room)
     try:
@@ -384,10 +384,13 @@ async def test_group_send_from_a_sync_view(chat_servers, chat_redis):
         assert await asyncio.wait_for(asyncio.to_thread(call, 1, "warm-up"), 35) == {"sent": 1, "layer": FAST_BACKEND}
         assert await client.collect(1) == ["warm-up 0"]
         baseline = len(other_clients(chat_redis))
-        reply = await asyncio.wait_for(asyncio.to_thread(call, 200, "from-view"), 35)
-        assert reply == {"sent": 200, "layer": FAST_BACKEND}
-        got = await client.collect(200)
-        assert got == [f"from-view {i}" for i in range(200)]
+        # No more sends than the channel's capacity (the default, 100): a group_send to a full
+        # channel skips it by design, and a loaded machine can let the consumer fall behind a
+        # sync view that sends faster than one websocket is written.
+        reply = await asyncio.wait_for(asyncio.to_thread(call, 100, "from-view"), 35)
+        assert reply == {"sent": 100, "layer": FAST_BACKEND}
+        got = await client.collect(100)
+        assert got == [f"from-view {i}" for i in range(100)]
         await until(
             lambda: len(other_clients(chat_redis)) <= baseline, 5, f"Redis clients back to {baseline}"
         )
