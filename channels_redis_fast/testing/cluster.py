@@ -370,7 +370,7 @@ class RedisCluster:
         failover before the first sync silently times out).
         """
         deadline = time.monotonic() + timeout
-        problem = "nothing checked yet"
+        problem: str | None = "nothing checked yet"
         while True:
             try:
                 problem = self._unsettled()
