@@ -40,6 +40,8 @@ consistent_hash = _impl.consistent_hash
 demux_batch = _impl.demux_batch
 encode_command = _impl.encode_command
 encode_commands = _impl.encode_commands
+key_slot = _impl.key_slot
+key_slots = _impl.key_slots
 pack_message = _impl.pack_message
 unpack_message = _impl.unpack_message
 random_prefix = _impl.random_prefix
@@ -54,6 +56,8 @@ __all__ = [
     "demux_batch",
     "encode_command",
     "encode_commands",
+    "key_slot",
+    "key_slots",
     "pack_message",
     "random_prefix",
     "unpack_message",
