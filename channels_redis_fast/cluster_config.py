@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ClusterDownError, ResponseError
 
 from .cluster_slots import Node, SlotMap, describe_url, fetch_slot_map, node_kwargs, parse_redirect
@@ -49,8 +49,9 @@ class ClusterConfig(NamedTuple):
     options: dict[str, Any]
 
     def node_kwargs(self, node: Node | None = None) -> dict[str, Any]:
-        """redis-py connection kwargs for ``node`` (or the first startup node): the
-        startup URL's scheme, credentials and TLS options with the node's host and port."""
+        """redis-py ConnectionPool kwargs for ``node`` (or the first startup node): the
+        startup URL's scheme, credentials and TLS options with the node's host and port
+        (what connection.make_pool takes as a host entry without ``address``)."""
         return node_kwargs(self.startup[0], self.options, node)
 
     def describe(self) -> str:
@@ -96,7 +97,8 @@ def cluster_config(hosts: Iterable[Any] | None) -> ClusterConfig | None:
     Raises ValueError, before any connection is made, for a cluster entry beside other
     hosts, no startup nodes, a URL that is not redis:// or rediss://, a database other than
     0 (in a URL path, a ``?db=`` query or a ``db`` option), keys that address a single
-    server, startup URLs of different schemes, and an unknown ``protocol``.
+    server, startup URLs of different schemes, ``ssl_*`` options without TLS, and an
+    unknown ``protocol``.
     """
     if not hosts or isinstance(hosts, (str, bytes)):
         return None
@@ -125,6 +127,11 @@ def cluster_config(hosts: Iterable[Any] | None) -> ClusterConfig | None:
         raise ValueError(
             f"A `cluster` host entry names its nodes in `cluster`; remove {', '.join(misplaced)}"
         )
+    tls_options = sorted(key for key in entry if key.startswith("ssl_"))
+    if tls_options and urlsplit(urls[0]).scheme == "redis" and not entry.get("ssl"):
+        raise ValueError(
+            f"{', '.join(tls_options)} only apply to TLS: use rediss:// startup URLs or add ssl: True"
+        )
     if entry.get("db") not in (None, 0, "0"):
         raise _db_error(f"the option db={entry['db']!r}")
     for url in urls:
@@ -143,13 +150,14 @@ async def load_slot_map(config: ClusterConfig) -> SlotMap:
 
 async def is_cluster_node(url: str, options: Mapping[str, Any] | None = None) -> bool:
     """Whether the server at ``url`` runs with cluster support (``INFO cluster``)."""
-    kwargs = {**dict(options or {}), **parse_url(url)}
-    client = redis.asyncio.Redis(**kwargs)
+    pool = ConnectionPool(**node_kwargs(url, options or {}))
+    client = redis.asyncio.Redis(connection_pool=pool)
     try:
         info = await client.info("cluster")
     finally:
         closer = getattr(client, "aclose", None) or client.close
         await closer()
+        await pool.disconnect()
     return bool(int(info.get("cluster_enabled", 0)))
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import ConnectionPool, SSLConnection, parse_url
 from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -322,19 +322,19 @@ def describe_url(url: str) -> str:
 
 
 def node_kwargs(url: str, options: Mapping[str, Any], node: Node | None = None) -> dict[str, Any]:
-    """redis-py connection kwargs for a node: the startup URL's options over ``options``,
-    the host and port replaced by ``node``'s (every node shares scheme, credentials, TLS)."""
+    """redis-py ConnectionPool kwargs for a node: the startup URL's options over
+    ``options``, the host and port replaced by ``node``'s (all nodes share scheme,
+    credentials and TLS settings). ``ssl: True`` is honoured as ``rediss://`` is."""
     kwargs = {**options, **parse_url(url)}
     kwargs.pop("address", None)
     kwargs.pop("cluster", None)
+    # A pool takes TLS as a connection class; the client-level ``ssl`` flag is not one of
+    # its options.
+    if kwargs.pop("ssl", False):
+        kwargs.setdefault("connection_class", SSLConnection)
     if node is not None:
         kwargs["host"], kwargs["port"] = node.host, node.port
     return kwargs
-
-
-def _uses_tls(kwargs: Mapping[str, Any]) -> bool:
-    connection_class = kwargs.get("connection_class")
-    return bool(kwargs.get("ssl")) or (connection_class is not None and "SSL" in connection_class.__name__)
 
 
 async def _fetch_one(kwargs: dict[str, Any]) -> SlotMap:
@@ -347,8 +347,9 @@ async def _fetch_one(kwargs: dict[str, Any]) -> SlotMap:
     kwargs.pop("db", None)
     # One attempt per node: the next startup node is a better retry than this one again.
     kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-    tls = _uses_tls(kwargs)
-    client = redis.asyncio.Redis(**kwargs)
+    tls = issubclass(kwargs.get("connection_class") or object, SSLConnection)
+    pool = ConnectionPool(**kwargs)
+    client = redis.asyncio.Redis(connection_pool=pool)
     try:
         try:
             reply = await client.execute_command("CLUSTER", "SHARDS")
@@ -364,6 +365,7 @@ async def _fetch_one(kwargs: dict[str, Any]) -> SlotMap:
     finally:
         closer = getattr(client, "aclose", None) or client.close
         await closer()
+        await pool.disconnect()
 
 
 def _uncovered_count(slot_map: SlotMap) -> int:

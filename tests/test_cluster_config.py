@@ -21,16 +21,17 @@ PASSWORD = "crf-cluster-pw"
 
 
 @pytest.fixture(scope="module")
-def password_cluster():
-    """This module's cluster: every node wants a password, so options must reach them all."""
-    cluster = RedisCluster(password=PASSWORD)
+def password_cluster(certs):
+    """This module's cluster, set up as managed services run theirs: TLS only (client,
+    replication and bus links) and a password, so options must reach every node."""
+    cluster = RedisCluster(password=PASSWORD, tls={**certs, "auth_clients": "no"})
     yield cluster
     cluster.close()
 
 
 def _bare_urls(cluster) -> list[str]:
     """The nodes' URLs without the password the harness puts in them."""
-    return [f"redis://{node.host}:{node.port}" for node in cluster.nodes]
+    return [f"rediss://{node.host}:{node.port}" for node in cluster.nodes]
 
 
 # --------------------------------------------------------------------------- recognising
@@ -42,8 +43,8 @@ def test_hosts_without_a_cluster_entry_are_left_to_decode_hosts():
 
 
 def test_a_cluster_entry_gives_its_startup_nodes_and_shared_options():
-    config = cluster_config([{"cluster": ["redis://a:1"], "password": "pw", "ssl_cert_reqs": "none"}])
-    assert config == ClusterConfig(("redis://a:1",), {"password": "pw", "ssl_cert_reqs": "none"})
+    config = cluster_config([{"cluster": ["rediss://a:1"], "password": "pw", "ssl_cert_reqs": "none"}])
+    assert config == ClusterConfig(("rediss://a:1",), {"password": "pw", "ssl_cert_reqs": "none"})
     assert cluster_config([{"cluster": "rediss://config.example:6379"}]).startup == ("rediss://config.example:6379",)
     assert cluster_config(({"cluster": ("redis://a:1", "redis://b:2")},)).startup == ("redis://a:1", "redis://b:2")
     assert cluster_config([{"cluster": ["redis://:secret@a:1"]}]).describe() == "cluster:[redis://***@a:1]"
@@ -91,23 +92,27 @@ def test_error_messages_keep_passwords_out():
 
 
 async def test_options_reach_every_node_found_later(password_cluster):
-    config = cluster_config([{"cluster": _bare_urls(password_cluster)[4:5], "password": PASSWORD}])
+    config = cluster_config(
+        [{"cluster": _bare_urls(password_cluster)[4:5], "password": PASSWORD, **password_cluster.ssl_kwargs}]
+    )
     slot_map = await load_slot_map(config)
     assert slot_map.covers_all
     nodes = list(slot_map.primaries) + [r for p in slot_map.primaries for r in slot_map.replicas_of(p)]
     assert len(nodes) == 6
     for node in nodes:
-        client = redis.asyncio.Redis(**config.node_kwargs(node))
+        pool = redis.asyncio.ConnectionPool(**config.node_kwargs(node))
+        client = redis.asyncio.Redis(connection_pool=pool)
         try:
-            info = await client.info("server")
+            tls_port = await client.config_get("tls-port")
         finally:
             await client.aclose()
-        assert info["tcp_port"] == node.port
+            await pool.disconnect()
+        assert tls_port == {"tls-port": str(node.port)}  # that node, over TLS, authenticated
 
 
 async def test_wrong_or_missing_password_names_every_startup_node(password_cluster):
     for options in ({}, {"password": "wrong"}):
-        config = cluster_config([{"cluster": _bare_urls(password_cluster)[:3], **options}])
+        config = cluster_config([{"cluster": _bare_urls(password_cluster)[:3], **password_cluster.ssl_kwargs, **options}])
         with pytest.raises(ClusterUnreachableError) as info:
             await load_slot_map(config)
         assert all(f"127.0.0.1:{node.port}" in str(info.value) for node in password_cluster.nodes[:3])
@@ -128,7 +133,7 @@ async def test_a_plain_server_as_startup_node_is_named(redis_server):
 
 
 async def test_is_cluster_node(password_cluster, redis_server):
-    assert await is_cluster_node(_bare_urls(password_cluster)[0], {"password": PASSWORD})
+    assert await is_cluster_node(_bare_urls(password_cluster)[0], {"password": PASSWORD, **password_cluster.ssl_kwargs})
     assert not await is_cluster_node(redis_server.url)
 
 
@@ -138,16 +143,16 @@ async def test_is_cluster_node(password_cluster, redis_server):
 async def test_a_moved_reply_to_a_plain_host_names_the_cluster_option(password_cluster):
     node = password_cluster.nodes[0]
     key = next(f"asgi:{i}" for i in range(1000) if password_cluster.node_for_key(f"asgi:{i}").port != node.port)
-    client = redis.asyncio.Redis(host=node.host, port=node.port, password=PASSWORD)
+    client = redis.asyncio.Redis(host=node.host, port=node.port, password=PASSWORD, **password_cluster.ssl_kwargs)
     try:
         with pytest.raises(redis.exceptions.MovedError) as info:
             await client.zadd(key, {b"message": 1})
     finally:
         await client.aclose()
-    error = cluster_mode_error(info.value, f"redis://{node.host}:{node.port}")
+    error = cluster_mode_error(info.value, f"rediss://{node.host}:{node.port}")
     assert isinstance(error, ClusterModeRequiredError) and isinstance(error, redis.ResponseError)
     assert f"MOVED {key_slot(key)} 127.0.0.1:" in str(error)
-    assert f'hosts=[{{"cluster": ["redis://127.0.0.1:{node.port}"]}}]' in str(error)
+    assert f'hosts=[{{"cluster": ["rediss://127.0.0.1:{node.port}"]}}]' in str(error)
     assert error.__cause__ is info.value
     # The same text as the server sent it (as the layer's own connections report it):
     assert cluster_mode_error(redis.ResponseError(f"MOVED 5 127.0.0.1:{node.port}"), "127.0.0.1:1") is not None
@@ -158,3 +163,13 @@ def test_other_errors_are_not_cluster_errors():
     assert cluster_mode_error(redis.ConnectionError("refused"), "h:1") is None
     down = cluster_mode_error(redis.exceptions.ClusterDownError("The cluster is down"), "h:1")
     assert down is not None and "CLUSTERDOWN The cluster is down" in str(down)
+
+
+async def test_ssl_option_with_redis_urls_means_tls(password_cluster):
+    urls = [url.replace("rediss://", "redis://") for url in _bare_urls(password_cluster)]
+    options = {"password": PASSWORD, **password_cluster.ssl_kwargs}
+    assert options.pop("ssl") is True
+    with pytest.raises(ValueError, match="ssl_ca_certs, ssl_cert_reqs.* only apply to TLS: use rediss://"):
+        cluster_config([{"cluster": urls[:1], **options}])
+    slot_map = await load_slot_map(cluster_config([{"cluster": urls[:1], "ssl": True, **options}]))
+    assert sorted(node.port for node in slot_map.primaries) == sorted(p.port for p in password_cluster.primaries())

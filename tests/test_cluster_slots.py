@@ -303,3 +303,15 @@ def test_describe_url_hides_passwords():
     assert describe_url("redis://:pw@h:1") == "redis://***@h:1"
     assert describe_url("rediss://u:pw@h:1/0") == "rediss://u:***@h:1/0"
     assert describe_url("redis://h:1") == "redis://h:1"
+
+
+def test_the_layers_reply_errors_parse_as_redirects():
+    # connection.reply_error classifies error replies for the layer's own connections
+    # (redis-py's table: MOVED -> MovedError, ASK -> AskError) and keeps the code in front.
+    from channels_redis_fast.connection import reply_error
+
+    moved = reply_error("MOVED 5851 127.0.0.1:7101")
+    ask = reply_error("ASK 17 127.0.0.1:7102")
+    assert isinstance(moved, redis.exceptions.MovedError) and isinstance(ask, redis.exceptions.AskError)
+    assert parse_redirect(moved) == Redirect("MOVED", 5851, "127.0.0.1", 7101)
+    assert parse_redirect(ask) == Redirect("ASK", 17, "127.0.0.1", 7102)

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import redis
 
-from .server_process import LOOPBACK, RESERVED_PORTS, START_TIMEOUT, ServerError, find_executable
+from .server_process import LOOPBACK, RESERVED_PORTS, ServerError, _conf_value, find_executable
 from .servers import RedisServer
 
 __all__ = ["ClusterNode", "NodeView", "RedisCluster"]
@@ -158,6 +158,14 @@ class ClusterNode(RedisServer):
         ]
         if self.masterauth:
             lines.append(f"masterauth {self.masterauth}")
+        if self.tls:
+            # TLS on the cluster bus and for replication too: the node has no plain port.
+            lines += ["tls-cluster yes", "tls-replication yes"]
+            if self.tls.get("client_cert_file"):
+                lines += [
+                    f"tls-client-cert-file {_conf_value(self.tls['client_cert_file'])}",
+                    f"tls-client-key-file {_conf_value(self.tls['client_key_file'])}",
+                ]
         return lines
 
     def view_text(self) -> str:
@@ -181,6 +189,9 @@ class RedisCluster:
     """A private Redis Cluster: ``primaries`` shards with ``replicas`` replicas each.
 
     :param password: ``requirepass`` (and ``masterauth``) on every node.
+    :param tls: serve TLS only, on the client, replication and cluster-bus links alike: the
+        same dict as ``RedisServer(tls=...)``. ``urls`` become ``rediss://``; ``ssl_kwargs``
+        are the redis-py options that reach the nodes.
     :param node_timeout_ms: ``cluster-node-timeout``: how soon a dead primary is replaced.
     :param start: start now (default) or leave it to ``start()`` / ``with``.
 
@@ -193,6 +204,7 @@ class RedisCluster:
         replicas: int = 1,
         *,
         password: str | None = None,
+        tls: dict | None = None,
         node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS,
         host: str = LOOPBACK,
         start: bool = True,
@@ -204,6 +216,7 @@ class RedisCluster:
         self.primary_count = primaries
         self.replica_count = replicas
         self.password = password
+        self.tls = dict(tls) if tls else None
         self.node_timeout_ms = node_timeout_ms
         self.host = host
         self.startup_timeout = startup_timeout
@@ -240,6 +253,10 @@ class RedisCluster:
         ]
         if self.password:
             command += ["-a", self.password, "--no-auth-warning"]
+        if self.tls:
+            command += ["--tls", "--cacert", self.tls["ca_file"]]
+            if self.tls.get("client_cert_file"):
+                command += ["--cert", self.tls["client_cert_file"], "--key", self.tls["client_key_file"]]
         result = subprocess.run(command, capture_output=True, text=True, timeout=self.startup_timeout)
         if result.returncode != 0 or "[OK] All 16384 slots covered" not in result.stdout:
             raise ServerError(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
@@ -256,6 +273,7 @@ class RedisCluster:
                 password=self.password,
                 host=self.host,
                 binary=self._binary,
+                tls=self.tls,
                 start=False,
             )
             try:
@@ -297,6 +315,11 @@ class RedisCluster:
     def hosts_entry(self, **options: Any) -> dict[str, Any]:
         """A layer ``hosts`` entry for this cluster: ``{"cluster": urls, **options}``."""
         return {"cluster": self.urls, **options}
+
+    @property
+    def ssl_kwargs(self) -> dict:
+        """redis-py options that reach the nodes of a TLS cluster (empty for a plain one)."""
+        return self.nodes[0].ssl_kwargs if self.nodes else {}
 
     @property
     def ports(self) -> list[int]:
@@ -492,6 +515,7 @@ class RedisCluster:
             keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, count)
             if not keys:
                 break
+            # (Over TLS too: with tls-cluster the source dials the target with its TLS client.)
             source.client().execute_command("MIGRATE", target.host, target.port, "", 0, 5000, *auth, "KEYS", *keys)
             moved += len(keys)
         return moved
