@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 
+import hiredis
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -151,8 +152,12 @@ def test_shards_and_slots_replies_give_the_same_map(cluster):
     resp3 = cluster.nodes[0].client(protocol=3)
     from_resp3 = SlotMap.from_shards_reply(resp3.execute_command("CLUSTER", "SHARDS"), "127.0.0.1")
     resp3.close()
-    assert from_shards == from_slots == from_resp3
-    assert from_shards.primaries == from_slots.primaries == from_resp3.primaries
+    raw = _raw_command(cluster.nodes[0], "CLUSTER", "SHARDS")
+    assert isinstance(raw[0], list) and raw[0][0] == b"slots"
+    from_raw = SlotMap.from_shards_reply(raw, "127.0.0.1")
+    assert from_shards == from_slots == from_resp3 == from_raw
+    assert from_shards.primaries == from_slots.primaries == from_resp3.primaries == from_raw.primaries
+    assert from_shards.shards == from_raw.shards
     assert _owners(from_shards) == _map_from_harness(cluster)
 
 
@@ -197,6 +202,21 @@ async def test_map_after_slot_migration(cluster):
     assert _owners(after) == _map_from_redis_cli(cluster)
 
 
+async def test_map_after_a_primary_is_killed(cluster):
+    victim = cluster.primaries()[1]
+    replacement = cluster.kill(victim)
+    slot_map = await fetch_slot_map(cluster.urls)  # the dead node is tried and skipped
+    dead = Node(*victim.address)
+    assert slot_map.covers_all and _owners(slot_map) == _map_from_harness(cluster)
+    assert Node(*replacement.address) in slot_map.primaries
+    assert all(dead != n and dead not in slot_map.replicas_of(n) for n in slot_map.primaries)
+    client = replacement.client()
+    shards = client.execute_command("CLUSTER", "SHARDS")
+    assert SlotMap.from_shards_reply(shards, "127.0.0.1") == SlotMap.from_slots_reply(
+        client.execute_command("CLUSTER", "SLOTS"), "127.0.0.1"
+    )
+
+
 def test_map_ranges_uncovered_and_assign():
     a, b = Node("10.0.0.1", 7000), Node("10.0.0.2", 7000)
     slot_map = SlotMap([Shard(a, (), ((0, 99),)), Shard(b, (Node("10.0.0.3", 7000),), ((200, 16383),))])
@@ -224,6 +244,20 @@ def _raw_reply(node, *args: str) -> str:
         while not reply.endswith(b"\r\n"):
             reply += sock.recv(4096)
     return reply.decode().rstrip("\r\n")
+
+
+def _raw_command(node, *args: str):
+    """One command over a plain socket, its reply parsed by hiredis with no redis-py
+    callback on top (RESP2 flat lists, as redis-py versions without one hand over)."""
+    command = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    reader = hiredis.Reader()
+    with socket.create_connection(node.address, timeout=5) as sock:
+        sock.sendall(command.encode())
+        reply = False
+        while reply is False:
+            reader.feed(sock.recv(65536))
+            reply = reader.gets()
+    return reply
 
 
 def test_moved_reply_is_parsed(cluster):
