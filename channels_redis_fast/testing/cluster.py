@@ -54,7 +54,7 @@ def free_cluster_port(host: str = LOOPBACK) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
-            port = sock.getsockname()[1]
+            port = int(sock.getsockname()[1])
         bus = port + BUS_OFFSET
         if bus > 65535 or port in RESERVED_PORTS or bus in RESERVED_PORTS:
             continue
