@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 from asyncio import QueueEmpty
-from binascii import crc32
+from binascii import crc32, crc_hqx
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
@@ -32,6 +32,8 @@ __all__ = [
     "demux_batch",
     "encode_command",
     "encode_commands",
+    "key_slot",
+    "key_slots",
     "pack_message",
     "random_prefix",
     "unpack_message",
@@ -64,6 +66,31 @@ def consistent_hash(value: str | bytes, ring_size: int) -> int:
         return 0
     bigval = crc32(data) & 0xFFF
     return int(bigval / (4096 / float(ring_size)))
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot (0..16383) of ``key``, as ``CLUSTER KEYSLOT`` gives it.
+
+    CRC16 (XMODEM, what binascii.crc_hqx computes) of the key's bytes, str keys taken as
+    UTF-8 like redis-py sends them, modulo 16384. When the key holds a ``{`` followed
+    later by a ``}`` with at least one byte between them, only the bytes between the first
+    ``{`` and the first ``}`` after it are hashed (the hash tag).
+    """
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    elif not isinstance(key, bytes):
+        raise TypeError(f"key_slot() key must be str or bytes, not {type(key).__name__}")
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return crc_hqx(key, 0) & 0x3FFF
+
+
+def key_slots(keys: Iterable[str | bytes]) -> list[int]:
+    """``[key_slot(key) for key in keys]``, in one call (group_send maps many keys)."""
+    return [key_slot(key) for key in keys]
 
 
 # ---------------------------------------------------------------------------

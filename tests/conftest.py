@@ -45,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - a setup error, reported plainly
 from channels_redis_fast.speedups import NO_EXTENSIONS, env_flag
 from channels_redis_fast.testing import (
     INSTALL_HINT,
+    RedisCluster,
     RedisNotInstalled,
     RedisServer,
     SentinelServer,
@@ -150,7 +151,26 @@ def sentinel():
     master.close()
 
 
+@pytest.fixture(scope="module")
+def redis_cluster():
+    """A private Redis Cluster (3 primaries + 3 replicas) shared by one test module.
+
+    Tests that fail nodes over, kill them or move slots take ``cluster`` instead, which
+    hands it back settled and empty.
+    """
+    cluster = _start(RedisCluster)
+    yield cluster
+    cluster.close()
+
+
 # --------------------------------------------------------------------------- function-scoped
+
+
+@pytest.fixture
+def cluster(redis_cluster):
+    """The module's cluster with every node running, no migration open, settled, and empty."""
+    redis_cluster.reset()
+    return redis_cluster
 
 
 @pytest.fixture

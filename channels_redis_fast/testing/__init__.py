@@ -18,6 +18,10 @@ Typical use::
         master.kill()
         sentinel.wait_for_master((replica.host, replica.port))
 
+    with RedisCluster() as cluster:      # 3 primaries + 3 replicas, settled
+        layer = RedisChannelLayer(hosts=[cluster.hosts_entry()])
+        cluster.failover(cluster.replicas()[0])
+
 The module also runs as a script to keep servers alive for another program (see ``main``)::
 
     python -m channels_redis_fast.testing --port 6379 --sentinel-port 26379 \
@@ -35,12 +39,15 @@ from .server_process import (
     port_is_open,
     stop_all,
 )
+from .cluster import ClusterNode, RedisCluster
 from .servers import RedisServer, SentinelServer
 
 __all__ = [
+    "ClusterNode",
     "INSTALL_HINT",
     "LOOPBACK",
     "RESERVED_PORTS",
+    "RedisCluster",
     "RedisNotInstalled",
     "RedisServer",
     "SentinelServer",
