@@ -82,6 +82,59 @@ def consistent_hash(value, Py_ssize_t ring_size):
                         / divisor)
 
 
+# CRC16-XMODEM (polynomial 0x1021, initial 0), the checksum Redis Cluster hashes keys
+# with; a 256-entry table built once at import, one lookup per byte.
+cdef unsigned short _crc16_table[256]
+
+
+cdef void _crc16_init():
+    cdef unsigned int i, k, c
+    for i in range(256):
+        c = i << 8
+        for k in range(8):
+            c = ((c << 1) ^ 0x1021) if (c & 0x8000) else (c << 1)
+        _crc16_table[i] = <unsigned short>(c & 0xFFFF)
+
+
+_crc16_init()
+
+
+cdef inline Py_ssize_t _key_slot(object key) except -1:
+    cdef const unsigned char *data
+    cdef Py_ssize_t size, start, end, i
+    cdef unsigned int crc = 0
+    if PyUnicode_Check(key):
+        data = <const unsigned char *>PyUnicode_AsUTF8AndSize(key, &size)
+    elif PyBytes_Check(key):
+        data = <const unsigned char *>PyBytes_AS_STRING(key)
+        size = PyBytes_GET_SIZE(key)
+    else:
+        raise TypeError(f"key_slot() key must be str or bytes, not {type(key).__name__}")
+    start = 0
+    while start < size and data[start] != 123:  # "{"
+        start += 1
+    if start < size:
+        end = start + 1
+        while end < size and data[end] != 125:  # "}"
+            end += 1
+        if end < size and end > start + 1:
+            data += start + 1
+            size = end - start - 1
+    for i in range(size):
+        crc = ((crc << 8) & 0xFFFF) ^ _crc16_table[((crc >> 8) ^ data[i]) & 0xFF]
+    return crc & 0x3FFF
+
+
+def key_slot(key):
+    """key_slot(key: str | bytes) -> int"""
+    return _key_slot(key)
+
+
+def key_slots(keys):
+    """key_slots(keys: Iterable[str | bytes]) -> list[int]"""
+    return [_key_slot(key) for key in keys]
+
+
 # ---------------------------------------------------------------------------
 # Message framing: random prefix + msgpack
 # ---------------------------------------------------------------------------
