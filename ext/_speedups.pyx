@@ -167,26 +167,13 @@ def pack_message(message, Py_ssize_t prefix_length):
     return out
 
 
-include "_msgpack_decode.pxi"
-
-
 def unpack_message(data, Py_ssize_t prefix_length):
     """unpack_message(data: bytes, prefix_length: int) -> Any"""
     return _unpack_message(data, prefix_length)
 
 
 cdef object _unpack_message(object data, Py_ssize_t prefix_length):
-    cdef Py_ssize_t size, skip
-    cdef object value
-    if PyBytes_CheckExact(data):
-        # Decode in place, past the prefix; anything the compiled decoder is not sure
-        # about goes to msgpack below, so results and errors are msgpack's own.
-        size = PyBytes_GET_SIZE(data)
-        skip = prefix_length if prefix_length > 0 else 0
-        if skip < size:
-            value = _mp_decode(PyBytes_AS_STRING(data) + skip, size - skip)
-            if value is not _MP_CANT:
-                return value
+    cdef Py_ssize_t size
     if prefix_length > 0:
         if PyBytes_CheckExact(data):
             size = PyBytes_GET_SIZE(data)
