@@ -40,9 +40,9 @@ def extensions():
         compiler_directives={
             "language_level": "3",
             "embedsignature": True,
-            # No "freethreading_compatible": the msgpack decoder's key cache and the prefix
-            # pool are module-level state guarded only by the GIL, so a free-threaded
-            # interpreter keeps the GIL on for this module rather than race on them.
+            # No "freethreading_compatible": the prefix pool is module-level state guarded
+            # only by the GIL, so a free-threaded interpreter keeps the GIL on for this
+            # module rather than race on it.
             "linetrace": DEBUG_BUILD,
         },
         annotate=DEBUG_BUILD,

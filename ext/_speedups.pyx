@@ -140,9 +140,8 @@ def key_slots(keys):
 # ---------------------------------------------------------------------------
 
 # Prefix bytes come from an os.urandom pool (see the pure twin for why not `random`).
-# The bytearray is both the storage and the object a critical section locks on
-# free-threaded builds. With a GIL the copies below run without any Python code in
-# between, so they are already atomic and the critical section compiles to nothing.
+# The copies below run with no Python code in between, so the GIL makes them atomic;
+# this module is never built free-threaded (setup.py leaves it GIL-only).
 cdef enum:
     _POOL_CHUNK = 4096
 
@@ -164,27 +163,22 @@ if hasattr(os, "register_at_fork"):
 cdef int _fill_random(char *dest, Py_ssize_t n) except -1:
     global _pool_pos
     cdef bytes fresh
-    cdef bint done = False
     if n > _POOL_CHUNK:
         fresh = _urandom(n)
         memcpy(dest, PyBytes_AS_STRING(fresh), n)
         return 0
-    with cython.critical_section(_pool):
-        if _pool_pos + n <= _POOL_CHUNK:
-            memcpy(dest, PyByteArray_AS_STRING(_pool) + _pool_pos, n)
-            _pool_pos += n
-            done = True
-    if done:
-        return 0
-    # The syscall runs outside the critical section; if another thread refilled in the
-    # meantime its pool is used and these bytes are simply discarded.
-    fresh = _urandom(_POOL_CHUNK)
-    with cython.critical_section(_pool):
-        if _pool_pos + n > _POOL_CHUNK:
-            memcpy(PyByteArray_AS_STRING(_pool), PyBytes_AS_STRING(fresh), _POOL_CHUNK)
-            _pool_pos = 0
+    if _pool_pos + n <= _POOL_CHUNK:
         memcpy(dest, PyByteArray_AS_STRING(_pool) + _pool_pos, n)
         _pool_pos += n
+        return 0
+    # Another thread may run during the call (it is Python code); if it refilled the pool
+    # meanwhile, its pool is used and these bytes are simply discarded.
+    fresh = _urandom(_POOL_CHUNK)
+    if _pool_pos + n > _POOL_CHUNK:
+        memcpy(PyByteArray_AS_STRING(_pool), PyBytes_AS_STRING(fresh), _POOL_CHUNK)
+        _pool_pos = 0
+    memcpy(dest, PyByteArray_AS_STRING(_pool) + _pool_pos, n)
+    _pool_pos += n
     return 0
 
 
@@ -216,26 +210,13 @@ def pack_message(message, Py_ssize_t prefix_length):
     return out
 
 
-include "_msgpack_decode.pxi"
-
-
 def unpack_message(data, Py_ssize_t prefix_length):
     """unpack_message(data: bytes, prefix_length: int) -> Any"""
     return _unpack_message(data, prefix_length)
 
 
 cdef object _unpack_message(object data, Py_ssize_t prefix_length):
-    cdef Py_ssize_t size, skip
-    cdef object value
-    if PyBytes_CheckExact(data):
-        # Decode in place, past the prefix; anything the compiled decoder is not sure
-        # about goes to msgpack below, so results and errors are msgpack's own.
-        size = PyBytes_GET_SIZE(data)
-        skip = prefix_length if prefix_length > 0 else 0
-        if skip < size:
-            value = _mp_decode(PyBytes_AS_STRING(data) + skip, size - skip)
-            if value is not _MP_CANT:
-                return value
+    cdef Py_ssize_t size
     if prefix_length > 0:
         if PyBytes_CheckExact(data):
             size = PyBytes_GET_SIZE(data)

@@ -310,6 +310,31 @@ def test_demux_compiled_vs_pure(cc, flat, maxsize, cutoff):
     assert results[0] == results[1]
 
 
+@SETTINGS
+@given(flat=batches(), maxsize=st.integers(0, 5), cutoff=st.floats(0, 2000),
+       prefix=st.sampled_from([12, 0, -1, 11, 13]))  # fmt: skip
+def test_demux_int_decode_equals_callable_decode(impl, flat, maxsize, cutoff, prefix):
+    # The core layer passes its prefix length as ``decode``: unpack_message called
+    # directly, which must route, refuse and count exactly as the same decode as a callable.
+    skip = max(prefix, 0)
+    results = []
+    for decode in (prefix, lambda member: msgpack.unpackb(member[skip:])):
+        buffers = {}
+        touched, malformed, expired = impl.demux_batch(list(flat), decode, buffers, maxsize, cutoff)
+        drops = {name: buf.dropped for name, buf in buffers.items()}
+        results.append((touched, _describe(malformed), expired, drops, _drain(buffers)))
+    assert results[0] == results[1]
+
+
+def test_demux_int_decode_edges(impl):
+    member = b"P" * 12 + msgpack.packb({"__asgi_channel__": PROCESS + "a", "v": 1})
+    assert impl.demux_batch([member, 5.0], 12, {}, 0, 0.0)[0] == [PROCESS + "a"]
+    with pytest.raises(OverflowError):
+        impl.demux_batch([member, 5.0], 2**70, {}, 0, 0.0)
+    with pytest.raises(ValueError):
+        impl.demux_batch([member], 12, {}, 0, 0.0)
+
+
 def _channels_redis_route(flat, capacity):
     """What channels_redis's receive() does with each popped message (no expiry check)."""
     serializer = registry.get_serializer("msgpack", random_prefix_length=12)
