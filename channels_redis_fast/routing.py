@@ -38,6 +38,8 @@ __all__ = ["HashRing", "Router"]
 
 #: What follows a core layer's prefix in a group key (``{prefix}:group:{group}``).
 GROUP_INFIX = ":group:"
+#: Keys whose node a ring remembers (all are forgotten when it is full).
+KNOWN_KEYS = 16384
 
 
 class Router(Protocol):
@@ -82,7 +84,9 @@ class HashRing:
     pub/sub layer's keys are its Redis channel names, hashed whole (no prefix).
     """
 
-    __slots__ = ("hosts", "_nodes", "_size", "_skip", "_group_str", "_group_bytes", "_spread", "_listeners")
+    __slots__ = (
+        "hosts", "_nodes", "_size", "_skip", "_group_str", "_group_bytes", "_spread", "_listeners", "_known"
+    )
 
     def __init__(self, hosts: Sequence[dict[str, Any]], prefix: str | None = None) -> None:
         if not hosts:
@@ -97,6 +101,7 @@ class HashRing:
         # channels_redis fills a work queue round robin over the ring, starting at 0.
         self._spread: Iterator[int] = itertools.cycle(self._nodes)
         self._listeners: list[Callable[[], None]] = []
+        self._known: dict[str | bytes, int] = {}
 
     @property
     def nodes(self) -> Sequence[int]:
@@ -105,21 +110,32 @@ class HashRing:
     def node_of(self, key: str | bytes) -> int:
         if self._size == 1:
             return 0
-        return consistent_hash(self.name_of(key), self._size)
+        node = self._known.get(key)
+        if node is None:
+            node = self._place(key)
+        return node
 
-    def name_of(self, key: str | bytes) -> str | bytes:
-        """What the ring hashes for ``key``: the channel or group name it was made from."""
-        if type(key) is bytes:
+    def _place(self, key: str | bytes) -> int:
+        # The ring hashes the channel or group name the key was made from. Remembered:
+        # a process sends to the same few process keys and groups over and over, and a
+        # lookup costs less than slicing the name out and hashing it again.
+        if type(key) is str:
+            group = self._group_str
+            name: str | bytes = key[len(group) :] if group is not None and key.startswith(group) else key[self._skip :]
+        elif type(key) is bytes:
             group_bytes = self._group_bytes
             if group_bytes is not None and key.startswith(group_bytes):
-                return key[len(group_bytes) :]
-        elif type(key) is str:
-            group = self._group_str
-            if group is not None and key.startswith(group):
-                return key[len(group) :]
+                name = key[len(group_bytes) :]
+            else:
+                name = key[self._skip :]
         else:
             raise TypeError(f"A Redis key is str or bytes, not {type(key).__name__}")
-        return key[self._skip :]
+        node = consistent_hash(name, self._size)
+        known = self._known
+        if len(known) >= KNOWN_KEYS:
+            known.clear()
+        known[key] = node
+        return node
 
     def work_node(self, key: str) -> int:
         return next(self._spread)

@@ -15,6 +15,7 @@ import channels_redis.utils as stock_utils
 import pytest
 import redis
 
+from channels_redis_fast import routing
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.group_plan import member_digest
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
@@ -57,6 +58,17 @@ def test_ring_places_keys_where_channels_redis_hashes_their_names(size, prefix):
     assert list(core.nodes) == list(range(size))
     assert [core.work_node(prefix + "any") for _ in range(2 * size)] == list(range(size)) * 2
     assert list(core.pump_nodes(prefix + "a.b")) == list(range(size))
+
+
+def test_ring_answers_the_same_once_it_forgets(monkeypatch):
+    # A small memory: the same names asked three times over, far more names than it keeps.
+    monkeypatch.setattr(routing, "KNOWN_KEYS", 8)
+    ring = HashRing([{"address": f"redis://127.0.0.1:{port}"} for port in (1, 2, 3)], "asgi")
+    names = _names(50, seed=11)
+    for _ in range(3):
+        assert [ring.node_of("asgi" + name) for name in names] == [
+            stock_utils._consistent_hash(name, 3) for name in names
+        ]
 
 
 def test_ring_refuses_what_is_not_a_key():
