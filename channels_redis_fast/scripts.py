@@ -227,7 +227,7 @@ class Script:
 
     async def __call__(self, connection: RedisConnection, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
-            return await connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.start(connection, keys, args)
         except ResponseError as exc:
             return await self.after_error(exc, connection, keys, args)
 
