@@ -223,7 +223,8 @@ class Script:
         For hot paths, which await it themselves and call :meth:`after_error` on a
         ResponseError: that saves the coroutine :meth:`__call__` costs per call.
         """
-        return connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        reply: Awaitable[Any] = connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        return reply
 
     async def __call__(self, connection: RedisConnection, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
