@@ -262,6 +262,14 @@ class RedisProtocol(asyncio.Protocol):
             self._arm_watchdog()
         return future
 
+    def execute_then(self, args: Sequence[Arg], on_reply: Callable[[Any], None]) -> asyncio.Future:
+        """Queue one command; ``on_reply(reply)`` runs inside the read that parses its
+        reply, before the future's awaiter (see RedisConnection.execute_then)."""
+        future = self.execute(args)
+        if not future.done():
+            self._on_reply[future] = on_reply
+        return future
+
     def execute_pipeline(
         self, commands: Sequence[Sequence[Arg]], block: float = 0.0, blocking: int = 0
     ) -> list[asyncio.Future]:
@@ -435,10 +443,7 @@ class RedisConnection:
         protocol = self.protocol
         if protocol is None or protocol.closed is not None:
             return None
-        future = protocol.execute(args)
-        if not future.done():
-            protocol._on_reply[future] = on_reply
-        return future
+        return protocol.execute_then(args, on_reply)
 
     def execute_many(self, commands: Sequence[Sequence[Arg]]) -> Any:
         """Send several commands in one write; returns an awaitable of all replies."""

@@ -15,7 +15,6 @@ import functools
 import itertools
 import logging
 import math
-import re
 import time
 import uuid
 import weakref
@@ -28,12 +27,14 @@ from redis.exceptions import ResponseError
 
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import RESERVED_KEY, InvalidMessageError, ReservedKeyError, WrongClientPrefixError
-from .group_plan import NO_DESTINATIONS, GroupPlan, GroupPlans, ShardPlan, make_plan
+from .flush import flush_node
+from .group_plan import NO_DESTINATIONS, GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
-from .scripts import Script, group_add_script, group_send_known_script, group_send_script, send_script
+from .routing import HashRing
+from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
-from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, glob_escape, running_loop
+from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
 from .work_queue import GeneralChannelDelivery, WorkQueueReturns
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self.prefix = prefix
         self.hosts = decode_hosts(hosts)
         self.ring_size = len(self.hosts)
-        self._send_index_generator = itertools.cycle(range(self.ring_size))
+        #: Which node holds which key (routing.py); everything that picks a server asks it.
+        self.router = HashRing(self.hosts, prefix)
         self._serializer = registry.get_serializer(
             serializer_format,
             symmetric_encryption_keys=symmetric_encryption_keys,
@@ -117,6 +119,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self._valid_channels = ValidNames(self.require_valid_channel_name)
         self._receive_routes: dict[str, tuple[str, str, bool]] = {}
         self._group_plans = GroupPlans()
+        self.router.on_change(self._group_plans.clear)
         self._background: set[asyncio.Task] = set()
 
     def __str__(self) -> str:
@@ -155,7 +158,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         loop = running_loop()
         state = self._layers.get(loop)
         if state is None or state.closed:
-            state = LoopConnections(self.hosts, loop, self.reply_timeout)
+            state = LoopConnections(self.router, loop, self.reply_timeout)
             self._layers[loop] = state
             if loop not in self._hooked_loops:
                 self._hooked_loops.add(loop)
@@ -163,9 +166,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         return state
 
     def connection(self, index: int) -> RedisConnection:
-        """The shared command connection to shard ``index`` on the running loop."""
-        if not 0 <= index < self.ring_size:
-            raise ValueError(f"There are only {self.ring_size} hosts - you asked for {index}!")
+        """The shared command connection to node ``index`` on the running loop."""
+        known = len(self.router.hosts)
+        if not 0 <= index < known:
+            raise ValueError(f"There are only {known} hosts - you asked for {index}!")
         return self._loop_connections().commands[index]
 
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -221,22 +225,22 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         if bang >= 0:
             message = dict(message)
             message[RESERVED_KEY] = channel
-            target = channel[: bang + 1]
             # The receiver polls the shard of the non-local name; hashing the full
             # name (as channels_redis does) would strand messages on other shards.
-            index = self.consistent_hash(target)
+            key = self.prefix + channel[: bang + 1]
+            node = self.router.node_of(key)
         else:
-            target = channel
-            index = next(self._send_index_generator)
+            key = self.prefix + channel
+            node = self.router.work_node(key)
         payload = self.serialize(message)
-        connection = self._loop_connections().commands[index]
+        connection = self._loop_connections().commands[node]
         now = time.time()
-        key = self.prefix + target
-        args: list[Any] = [payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl]
+        keys = (key,)
+        args = (payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl)
         try:
-            added = await connection.execute("EVALSHA", send_script.sha, 1, key, *args)
+            added = await send_script.start(connection, keys, args)
         except ResponseError as exc:
-            added = await send_script.after_error(exc, connection, [key], args)
+            added = await send_script.after_error(exc, connection, keys, args)
         if not added:
             self.stats_counters["channel_full"] += 1
             raise ChannelFull(channel)
@@ -399,19 +403,19 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
             wanted = lambda key=key, loop=loop: (  # noqa: E731
                 self._key_receivers.get(key, 0) if self.receive_event_loop is loop else 0
             )
-        # Every shard, not only the hashed one: stock channels_redis senders put
-        # messages for a process channel on the shard of its *full* name, and work
-        # queues are filled round-robin.
+        # On a ring of hosts every shard, not only the hashed one: stock channels_redis
+        # senders put messages for a process channel on the shard of its *full* name,
+        # and work queues are filled round-robin.
         pumps = []
-        for index in range(self.ring_size):
+        for node in self.router.pump_nodes(key):
             on_batch = (
-                GeneralChannelDelivery(self, real_channel, key, index)
+                GeneralChannelDelivery(self, real_channel, key, node)
                 if general
                 else self._deliver_process_batch
             )
             pump = state.pump(
                 key,
-                index,
+                node,
                 wanted,
                 on_batch,
                 self.brpop_timeout,
@@ -552,7 +556,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self._valid_channels.require(channel)
         key = self._group_key(group)
         self._group_plans.pop(group, None)
-        connection = self._loop_connections().commands[self.consistent_hash(group)]
+        connection = self._loop_connections().commands[self.router.node_of(key)]
         # A script, so that a Redis out of memory refuses the ZADD and the EXPIRE alike.
         await group_add_script(connection, [key], [time.time(), channel, max(1, math.ceil(self.group_expiry))])
 
@@ -560,110 +564,58 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         self._group_plans.pop(group, None)
-        connection = self._loop_connections().commands[self.consistent_hash(group)]
-        await connection.execute("ZREM", self._group_key(group), channel)
+        key = self._group_key(group)
+        await self._loop_connections().commands[self.router.node_of(key)].execute("ZREM", key, channel)
 
     async def group_send(self, group: str, message: dict) -> None:
         """Send to every channel of a group. With a remembered plan (see group_plan.py):
-        one script on the group's shard that checks the members and writes that shard's
-        part, then one script per other destination shard. Otherwise one read first."""
+        one script on the group's node that checks the members and writes that node's
+        part, then one script per other destination node. Otherwise one read first."""
         self.require_valid_group_name(group)
         self._check_message(message)
         state = self._loop_connections()
         key = self._group_key(group)
-        group_index = self.consistent_hash(group)
+        group_node = self.router.node_of(key)
+        connection = state.commands[group_node]
         now = time.time()
         group_cutoff = f"({now - self.group_expiry!r}"
         plan = self._group_plans.get(group)
         if plan is not None:
-            shard = plan.by_shard.get(group_index, NO_DESTINATIONS)
+            shard = plan.by_shard.get(group_node, NO_DESTINATIONS)
             keys = [key, *shard.keys]
             args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
                     *self._group_payloads(message, shard), *shard.capacities]
             if plan.on_group_shard:
-                over = await group_send_known_script(state.commands[group_index], keys, args)
+                over = await group_send_known_script(connection, keys, args)
             else:
-                over = await self._send_known_across_shards(state, plan, message, now, group_index, keys, args)
+                # The other nodes are written only once the check passed, from its reply.
+                rest = [
+                    (state.commands[node], *self._shard_send(message, part, now))
+                    for node, part in plan.by_shard.items()
+                    if node != group_node
+                ]
+                over, others = await group_send_known_script.chain(
+                    connection, keys, args, _members_matched, group_send_script, rest
+                )
+                over += sum(others)
             if over >= 0:
                 self._count_group_over(over, plan.member_count, group)
                 return
             # The members changed since the plan was made: read them again.
-        _, members = await state.commands[group_index].execute_many(
+        _, members = await connection.execute_many(
             [("ZREMRANGEBYSCORE", key, "-inf", group_cutoff), ("ZRANGE", key, 0, -1)]
         )
         if not members:
             self._group_plans.pop(group, None)
             return
-        plan = make_plan(members, group_index, self.prefix, self.consistent_hash, self.get_capacity)
+        plan = make_plan(members, group_node, self.prefix, self.router.node_of, self.get_capacity)
         self._group_plans.remember(group, plan)
-        over = await self._send_to_shards(state, plan, message, now)
+        sends = [(state.commands[node], *self._shard_send(message, part, now)) for node, part in plan.by_shard.items()]
+        over = sum(await group_send_script.run_each(sends))
         self._count_group_over(over, plan.member_count, group)
 
-    async def _send_to_shards(self, state: LoopConnections, plan: GroupPlan, message: dict, now: float) -> int:
-        """One bulk script per destination shard of ``plan``, in parallel; returns how
-        many destinations were at capacity."""
-        sends = [
-            group_send_script(state.commands[index], *self._shard_send(message, shard, now))
-            for index, shard in plan.by_shard.items()
-        ]
-        if len(sends) == 1:
-            return await sends[0]
-        return sum(await asyncio.gather(*sends))
-
-    async def _send_known_across_shards(
-        self,
-        state: LoopConnections,
-        plan: GroupPlan,
-        message: dict,
-        now: float,
-        group_index: int,
-        keys: list,
-        args: list,
-    ) -> int:
-        """A remembered plan with destinations off the group's shard: the checking script
-        on the group's shard first, then (only if the members matched) the other shards.
-
-        Those writes leave from the check's reply hook (see execute_then), inside the
-        read that parsed it, so the send costs about one loop iteration, not two.
-        Returns -1 when the members changed (nothing was written).
-        """
-        rest = [
-            (state.commands[index], *self._shard_send(message, shard, now))
-            for index, shard in plan.by_shard.items()
-            if index != group_index
-        ]
-        started: list = []
-
-        def send_rest(reply: Any) -> None:
-            if type(reply) is int and reply >= 0:
-                started.extend(_evalsha(connection, group_send_script, k, a) for connection, k, a in rest)
-
-        connection = state.commands[group_index]
-        check = connection.execute_then(
-            send_rest, "EVALSHA", group_send_known_script.sha, len(keys), *keys, *args
-        )
-        if check is None:  # not connected yet: the plain awaited way
-            over = await group_send_known_script(connection, keys, args)
-        else:
-            try:
-                over = await check
-            except ResponseError as exc:  # NOSCRIPT: EVAL, and the hook did not run
-                over = await group_send_known_script.after_error(exc, connection, keys, args)
-        if over < 0:
-            return over
-        if not started:
-            send_rest(over)
-        results = await asyncio.gather(*started, return_exceptions=True)
-        for (other, other_keys, other_args), result in zip(rest, results):
-            if isinstance(result, ResponseError):
-                result = await group_send_script.after_error(result, other, other_keys, other_args)
-            elif isinstance(result, BaseException):
-                raise result
-            over += result
-        return over
-
     def _shard_send(self, message: dict, shard: ShardPlan, now: float) -> tuple[list, list]:
-        """(KEYS, ARGV) of the GROUP_SEND script for one shard's part of a plan."""
+        """(KEYS, ARGV) of the GROUP_SEND script for one node's part of a plan."""
         return shard.keys, [now, now - self.expiry, self._key_ttl,
                             *self._group_payloads(message, shard), *shard.capacities]
 
@@ -686,7 +638,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     async def flush(self) -> None:
         """Delete this layer's keys (SCAN, never KEYS) and close the connections."""
         state = self._loop_connections()
-        await asyncio.gather(*[self._flush_shard(c) for c in state.commands])
+        await asyncio.gather(*[flush_node(state.commands[node], self.prefix) for node in self.router.nodes])
         self.receive_buffer.clear()
         self._group_plans.clear()
         self._buffer_touched.clear()
@@ -695,31 +647,6 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
             timer.cancel()
         self._give_back_timers.clear()
         await self.close_pools()
-
-    async def _flush_shard(self, connection: RedisConnection) -> None:
-        pattern = glob_escape(self.prefix) + "*"
-        ours = self._own_key_pattern()
-        cursor = b"0"
-        while True:
-            cursor, keys = await connection.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            mine = [k for k in keys if ours.match(k)]
-            if mine:
-                # Every key the layer writes is a sorted set; a foreign string or hash
-                # whose name happens to look like a channel (say "asgi-meta") stays.
-                types = await connection.execute_many([("TYPE", k) for k in mine])
-                mine = [k for k, t in zip(mine, types) if t in (b"zset", "zset")]
-            if mine:
-                await connection.execute("UNLINK", *mine)
-            if cursor in (b"0", 0, "0"):
-                return
-
-    def _own_key_pattern(self) -> re.Pattern:
-        # Only names this layer writes: channel keys, their $inflight backups (stock
-        # processes', and our work-queue pumps' suffixed ones) and group keys. "asgifoo:bar" or "asgi-meta" stay.
-        prefix = re.escape(self.prefix.encode("utf-8"))
-        channel = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?(?:\$inflight(?:\{[^{}]*\}[0-9a-f]+\.\d+)?)?"
-        group = rb":group:[a-zA-Z\d\-_.]+"
-        return re.compile(prefix + rb"(?:" + channel + rb"|" + group + rb")\Z")
 
 
 class _ReceiveBuffers(dict):
@@ -734,6 +661,6 @@ class _ReceiveBuffers(dict):
         return buffer
 
 
-def _evalsha(connection: RedisConnection, script: Script, keys: list, args: list) -> Any:
-    return connection.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-
+def _members_matched(reply: Any) -> bool:
+    """Whether GROUP_SEND_KNOWN found the members its plan was made from (and wrote)."""
+    return type(reply) is int and reply >= 0

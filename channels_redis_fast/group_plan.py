@@ -34,7 +34,7 @@ def member_digest(members: list[bytes]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
-    """The destinations on one shard: one key per process (or general channel)."""
+    """The destinations on one node: one key per process (or general channel)."""
 
     keys: list[str]
     #: Per key, the group's channels behind it (bundled into one message's
@@ -58,35 +58,37 @@ class GroupPlan:
 
 def make_plan(
     members: list[bytes],
-    group_index: int,
+    group_node: int,
     prefix: str,
-    shard_of: Callable[[str], int],
+    node_of: Callable[[str], int],
     capacity_of: Callable[[str], int],
 ) -> GroupPlan:
-    """Bundle ``members`` (raw ZRANGE names) by process key and shard."""
-    bundles: dict[str, tuple[int, list[str], int]] = {}
+    """Bundle ``members`` (raw ZRANGE names) by process key, and the keys by the node
+    ``node_of`` (the layer's router) says holds them."""
+    bundles: dict[str, tuple[list[str], int]] = {}
     for raw in members:
         name = raw.decode("utf-8")
         bang = name.find("!")
-        target = name if bang < 0 else name[: bang + 1]
-        bundle = bundles.get(target)
+        key = prefix + (name if bang < 0 else name[: bang + 1])
+        bundle = bundles.get(key)
         if bundle is None:
-            bundles[target] = (shard_of(target), [name], capacity_of(name))
+            bundles[key] = ([name], capacity_of(name))
         else:
-            bundle[1].append(name)
+            bundle[0].append(name)
     by_shard: dict[int, ShardPlan] = {}
-    for target, (index, names, capacity) in bundles.items():
-        shard = by_shard.get(index)
+    for key, (names, capacity) in bundles.items():
+        node = node_of(key)
+        shard = by_shard.get(node)
         if shard is None:
-            shard = by_shard[index] = ShardPlan([], [], [])
-        shard.keys.append(prefix + target)
+            shard = by_shard[node] = ShardPlan([], [], [])
+        shard.keys.append(key)
         shard.names.append(names)
         shard.capacities.append(capacity)
     return GroupPlan(
         digest=member_digest(members),
         member_count=len(members),
         by_shard=by_shard,
-        on_group_shard=set(by_shard) == {group_index},
+        on_group_shard=set(by_shard) == {group_node},
     )
 
 

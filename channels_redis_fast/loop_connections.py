@@ -1,4 +1,4 @@
-"""What a layer holds on one event loop: one multiplexed connection per shard, and pumps.
+"""What a layer holds on one event loop: one multiplexed connection per node, and pumps.
 
 asyncio sockets, futures and redis-py's sentinel clients belong to the loop that made
 them, and ``async_to_sync`` makes a fresh loop per call, so everything here is built
@@ -13,40 +13,46 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
-from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, describe_host, make_pool
+from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, make_pool
 from .pump import KeyPump
 from .reconnect import Reachable
+from .routing import Router
 
 logger = logging.getLogger(__name__)
 
 
 class LoopConnections:
+    """Per node of the router: a redis-py pool (only to make sockets), a multiplexed
+    command connection (``commands[node]``) and the pumps reading keys there."""
+
     def __init__(
         self,
-        hosts: list[dict[str, Any]],
+        router: Router,
         loop: asyncio.AbstractEventLoop,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
     ) -> None:
-        self.hosts = hosts
+        self.router = router
         self.loop = loop
         self.reply_timeout = reply_timeout
+        hosts = router.hosts
         self.pools = [make_pool(host) for host in hosts]
-        # Per shard: any of our connections that reaches it wakes its pumps' reconnect
+        # Per node: any of our connections that reaches it wakes its pumps' reconnect
         # pauses (a send after an outage usually gets there first).
         self.reachable = [Reachable(loop) for _ in hosts]
         self.commands = [
-            RedisConnection(pool, loop, reply_timeout, name=describe_host(host), on_connect=reachable.notify)
-            for pool, host, reachable in zip(self.pools, hosts, self.reachable)
+            RedisConnection(pool, loop, reply_timeout, name=router.describe(node), on_connect=reachable.notify)
+            for node, (pool, reachable) in enumerate(zip(self.pools, self.reachable))
         ]
         self.pumps: dict[tuple[str, int], KeyPump] = {}
-        # key -> its pumps on every shard, so a receive finds them with one lookup.
+        # key -> its pumps on every node it is read from, so a receive finds them with
+        # one lookup.
         self.key_pumps: dict[str, list[KeyPump]] = {}
         self.closed = False
 
     def pump(
         self,
         key: str,
-        index: int,
+        node: int,
         wanted: Callable[[], int],
         on_batch: Callable[[list], None],
         block: float,
@@ -56,16 +62,16 @@ class LoopConnections:
         inflight: str | None = None,
         inflight_ttl: int = 60,
     ) -> KeyPump:
-        pump = self.pumps.get((key, index))
+        pump = self.pumps.get((key, node))
         if pump is None:
             # A blocking pop holds its socket for up to ``block`` seconds, so each pump
             # gets its own connection instead of stalling the shared one.
-            reachable = self.reachable[index]
+            reachable = self.reachable[node]
             connection = RedisConnection(
-                self.pools[index],
+                self.pools[node],
                 self.loop,
                 self.reply_timeout,
-                name=f"{key}@{index}",
+                name=f"{key}@{node}",
                 on_connect=reachable.notify,
             )
             pump = KeyPump(
@@ -75,15 +81,15 @@ class LoopConnections:
                 on_batch,
                 block,
                 batch,
-                description=f"{key} on {describe_host(self.hosts[index])}",
-                control=self.commands[index],
+                description=f"{key} on {self.router.describe(node)}",
+                control=self.commands[node],
                 on_error=on_error,
                 reachable=reachable,
                 may_linger=may_linger,
                 inflight=inflight,
                 inflight_ttl=inflight_ttl,
             )
-            self.pumps[(key, index)] = pump
+            self.pumps[(key, node)] = pump
         return pump
 
     async def close(self, after_pumps: Callable[[], Awaitable[Any]] | None = None) -> None:

@@ -39,7 +39,8 @@ from .serializers import registry
 from .speedups import ChannelBuffer
 from .subscriber import Shard
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
-from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
+from .routing import HashRing
+from .utils import ValidNames, _wrap_close, decode_hosts, running_loop
 
 logger = logging.getLogger(__name__)
 
@@ -268,11 +269,13 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         self._drop_logged_at = 0.0
         self._closed = False
         self.loop = asyncio.get_running_loop()
-        self._shards = [Shard(self, host, index) for index, host in enumerate(decode_hosts(hosts))]
+        #: Which node holds which Redis channel name (routing.py; names are hashed whole).
+        self.router = HashRing(decode_hosts(hosts))
+        self._shards = [Shard(self, self.router.hosts[node], node) for node in self.router.nodes]
 
     # -- helpers ------------------------------------------------------------------------
     def _get_shard(self, name: str) -> Shard:
-        return self._shards[_consistent_hash(name, len(self._shards))]
+        return self._shards[self.router.node_of(name)]
 
     def _get_group_channel_name(self, group: str) -> str:
         return f"{self.prefix}__group__{group}"

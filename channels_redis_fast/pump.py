@@ -194,9 +194,7 @@ class KeyPump:
         return self._deliverable(ranged, blocked.result() if blocked is not None else None)
 
     def _script(self, script: Script, keys: tuple, args: tuple) -> tuple:
-        if script in self.unloaded:
-            return ("EVAL", script.source, len(keys), *keys, *args)
-        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return script.command(keys, args, by_source=script in self.unloaded)
 
     async def _pop_into_backup(self, protocol: Any, count: int) -> list:
         """Up to ``count`` messages from a shared work queue, safe against a lost reply.

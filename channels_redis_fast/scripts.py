@@ -14,8 +14,9 @@ EXPIRE come after it. The reads use only commands the README's ACL rule already 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from typing import Any
+from typing import Any, Awaitable, Callable, Sequence
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -188,11 +189,19 @@ return #back / 2
 """
 
 
+#: One run of a script: the connection of the node it runs on, its KEYS and its ARGV.
+Call = tuple[RedisConnection, list, list]
+
+
 class Script:
     """A Lua script called with EVALSHA, falling back to EVAL on NOSCRIPT.
 
     EVAL also caches the script on the server, so after a Redis restart or a
-    SCRIPT FLUSH the first call re-primes it and later calls go by SHA again.
+    SCRIPT FLUSH the first call re-primes it and later calls go by SHA again. Every
+    script call of the package goes through here: one call (``await script(...)``), a
+    hot path's first write (:meth:`start`, then :meth:`after_error`), a pipelined
+    command (:meth:`command`), the same script on several nodes (:meth:`run_each`), and
+    a second node's writes chained on a first script's reply (:meth:`chain`).
     """
 
     __slots__ = ("source", "sha")
@@ -201,23 +210,102 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
-    async def __call__(self, connection: RedisConnection, keys: list, args: list) -> Any:
+    def command(self, keys: Sequence[Any], args: Sequence[Any], by_source: bool = False) -> tuple:
+        """The command that runs this script, for a pipeline: EVALSHA, or EVAL when the
+        server said NOSCRIPT to the last one (``by_source``)."""
+        if by_source:
+            return ("EVAL", self.source, len(keys), *keys, *args)
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def start(self, connection: RedisConnection, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]:
+        """Send EVALSHA now; the awaitable of its reply (a NoScriptError included).
+
+        For hot paths, which await it themselves and call :meth:`after_error` on a
+        ResponseError: that saves the coroutine :meth:`__call__` costs per call.
+        """
+        reply: Awaitable[Any] = connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        return reply
+
+    async def __call__(self, connection: RedisConnection, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
-            return await connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.start(connection, keys, args)
         except ResponseError as exc:
             return await self.after_error(exc, connection, keys, args)
 
     async def after_error(
-        self, exc: ResponseError, connection: RedisConnection, keys: list, args: list
+        self, exc: ResponseError, connection: RedisConnection, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:
-        """Re-run with EVAL if the server did not know the script; else re-raise.
-
-        Hot paths await ``connection.execute("EVALSHA", ...)`` themselves (one coroutine
-        less per call) and come here only when it failed.
-        """
+        """Re-run with EVAL if the server did not know the script; else re-raise."""
         if not isinstance(exc, NoScriptError):
             raise exc
         return await connection.execute("EVAL", self.source, len(keys), *keys, *args)
+
+    async def run_each(self, calls: Sequence[Call]) -> list:
+        """Run on every ``(connection, keys, args)`` at once; their replies, in order.
+
+        A NOSCRIPT is re-run with EVAL on its own node; any other error is raised once
+        every call has settled (the first in call order), so no reply is left unread.
+        """
+        if len(calls) == 1:
+            connection, keys, args = calls[0]
+            return [await self(connection, keys, args)]
+        return await self._settle(calls, [self.start(*call) for call in calls])
+
+    async def chain(
+        self,
+        connection: RedisConnection,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        proceed: Callable[[Any], bool],
+        then: Script,
+        calls: Sequence[Call],
+    ) -> tuple[Any, list]:
+        """Run this script, then (only if ``proceed(reply)``) ``then`` on every call.
+
+        The second writes leave from this script's reply hook (RedisConnection.execute_then),
+        inside the read that parsed the reply, so the pair costs about one loop iteration,
+        not two. Returns this script's reply and the replies of ``calls`` (empty when
+        ``proceed`` said no, in which case nothing of them was sent).
+        """
+        followers = _Followers(then, calls, proceed)
+        first = connection.execute_then(followers, *self.command(keys, args))
+        if first is None:  # not connected yet: the plain awaited way
+            reply = await self(connection, keys, args)
+        else:
+            try:
+                reply = await first
+            except ResponseError as exc:  # NOSCRIPT: EVAL, and the hook did not proceed
+                reply = await self.after_error(exc, connection, keys, args)
+        if not proceed(reply):
+            return reply, []
+        followers(reply)  # if the hook did not start them (NOSCRIPT, not connected)
+        return reply, await then._settle(calls, followers.started)
+
+    async def _settle(self, calls: Sequence[Call], started: Sequence[Awaitable[Any]]) -> list:
+        replies = await asyncio.gather(*started, return_exceptions=True)
+        for index, ((connection, keys, args), reply) in enumerate(zip(calls, replies)):
+            if isinstance(reply, ResponseError):
+                replies[index] = await self.after_error(reply, connection, keys, args)
+            elif isinstance(reply, BaseException):
+                raise reply
+        return replies
+
+
+class _Followers:
+    """Script.chain's reply hook: starts the second script's calls, once, if allowed."""
+
+    __slots__ = ("script", "calls", "proceed", "started")
+
+    def __init__(self, script: Script, calls: Sequence[Call], proceed: Callable[[Any], bool]) -> None:
+        self.script = script
+        self.calls = calls
+        self.proceed = proceed
+        self.started: list[Awaitable[Any]] = []
+
+    def __call__(self, reply: Any) -> None:
+        if not self.started and self.proceed(reply):
+            start = self.script.start
+            self.started = [start(*call) for call in self.calls]
 
 
 send_script = Script(SEND)

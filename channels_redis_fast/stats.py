@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Iterable, Protocol
 
-from .connection import describe_host
+from .routing import Router
 
 #: Counters every core-layer report carries, zero when nothing happened yet.
 CORE_COUNTERS = (
@@ -32,8 +32,7 @@ class CoreLayer(Protocol):
 
     prefix: str
     client_prefix: str
-    hosts: list[dict[str, Any]]
-    ring_size: int
+    router: Router
     stats_counters: Any
     receive_buffer: dict[str, Any]
     _layers: dict[Any, Any]
@@ -41,8 +40,6 @@ class CoreLayer(Protocol):
     def _loop_connections(self) -> Any: ...
 
     def _group_key(self, group: str) -> bytes: ...
-
-    def consistent_hash(self, value: str | bytes) -> int: ...
 
 
 class PubSubLayer(Protocol):
@@ -74,35 +71,43 @@ async def layer_stats(layer: CoreLayer, groups: Iterable[str] | None = None) -> 
     state = layer._loop_connections()
     # Keys with pumps on any loop: this process's own key(s) and the general channels
     # it receives on.
+    router = layer.router
     key_set: set[str] = set()
-    shard_connections: list[list[Any]] = [[] for _ in range(layer.ring_size)]
+    node_connections: dict[int, list[Any]] = {node: [] for node in router.nodes}
     for loop_state in list(layer._layers.values()):
         key_set.update(loop_state.key_pumps)
-        for index, connection in enumerate(loop_state.commands):
-            shard_connections[index].append(connection)
-        for (_key, index), pump in loop_state.pumps.items():
-            shard_connections[index].append(pump.connection)
+        for node, connection in enumerate(loop_state.commands):
+            node_connections.setdefault(node, []).append(connection)
+        for (_key, node), pump in loop_state.pumps.items():
+            node_connections.setdefault(node, []).append(pump.connection)
     keys = sorted(key_set)
     group_keys = {group: layer._group_key(group) for group in groups}
-    by_shard_groups: dict[int, list[str]] = {}
+    by_node_groups: dict[int, list[str]] = {}
     for group in groups:
-        by_shard_groups.setdefault(layer.consistent_hash(group), []).append(group)
+        by_node_groups.setdefault(router.node_of(group_keys[group]), []).append(group)
 
-    async def one_shard(index: int) -> dict:
-        commands: list[tuple[str, str | bytes]] = [("ZCARD", key) for key in keys]
-        shard_groups = by_shard_groups.get(index, [])
-        commands += [("ZCARD", group_keys[group]) for group in shard_groups]
-        replies = await state.commands[index].execute_many(commands) if commands else []
-        queues = {key: int(depth) for key, depth in zip(keys, replies)}
-        sizes = {group: int(size) for group, size in zip(shard_groups, replies[len(keys) :])}
+    # Each node reports the keys read from it (on a ring, every key on every node).
+    keys_by_node: dict[int, list[str]] = {node: [] for node in router.nodes}
+    for key in keys:
+        for node in router.pump_nodes(key):
+            keys_by_node.setdefault(node, []).append(key)
+
+    async def one_node(node: int) -> dict:
+        node_keys = keys_by_node[node]
+        commands: list[tuple[str, str | bytes]] = [("ZCARD", key) for key in node_keys]
+        node_groups = by_node_groups.get(node, [])
+        commands += [("ZCARD", group_keys[group]) for group in node_groups]
+        replies = await state.commands[node].execute_many(commands) if commands else []
+        queues = {key: int(depth) for key, depth in zip(node_keys, replies)}
+        sizes = {group: int(size) for group, size in zip(node_groups, replies[len(node_keys) :])}
         return {
-            "host": describe_host(layer.hosts[index]),
+            "host": router.describe(node),
             "queues": queues,
             "groups": sizes,
-            "reconnects": _reconnects(shard_connections[index]),
+            "reconnects": _reconnects(node_connections[node]),
         }
 
-    shards = await asyncio.gather(*[one_shard(index) for index in range(layer.ring_size)])
+    shards = await asyncio.gather(*[one_node(node) for node in router.nodes])
     counters = {name: 0 for name in CORE_COUNTERS}
     counters.update(layer.stats_counters)
     # Only buffers holding messages: an emptied one may wait for its receiver's next wait.

@@ -13,7 +13,9 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
+
+from .routing import Router
 
 from .exceptions import RESERVED_KEY
 
@@ -41,7 +43,7 @@ class WorkQueueReturns:
     _give_back_timers: dict[str, asyncio.TimerHandle]
     _giving_back: dict[str, asyncio.Future]
     _buffer_touched: dict[str, float]
-    _send_index_generator: Iterator[int]
+    router: Router
     _background: set[asyncio.Task]
     serialize: Callable[[Any], bytes]
     _loop_connections: Callable[[], LoopConnections]
@@ -107,7 +109,8 @@ class WorkQueueReturns:
             return
         now = time.time()  # pragma: no cover - only if the two ever disagree
         pairs = [(now, self.serialize(buffer.get_nowait())) for _ in range(buffer.qsize())]
-        returned = self._give_back(next(self._send_index_generator), self.prefix + channel, pairs, commands)
+        key = self.prefix + channel
+        returned = self._give_back(self.router.work_node(key), key, pairs, commands)
         self._track_give_back(channel, [returned])
 
     def _track_give_back(self, channel: str, returns: list) -> None:

@@ -84,6 +84,11 @@ def _common(config: dict[str, Any], layer: Any) -> dict[str, Any]:
     }
 
 
+def _node_hosts(router: Any) -> list[dict[str, Any]]:
+    """The connection options of every node the layer's router holds keys on, in order."""
+    return [router.hosts[node] for node in router.nodes]
+
+
 def _resolve_core(cls: type, config: dict[str, Any]) -> tuple[list, str, dict[str, Any]]:
     layer = cls(**config)
     resolved = {
@@ -92,7 +97,7 @@ def _resolve_core(cls: type, config: dict[str, Any]) -> tuple[list, str, dict[st
         "group_expiry": layer.group_expiry,
         **_common(config, layer),
     }
-    return layer.hosts, layer.prefix, resolved
+    return _node_hosts(layer.router), layer.prefix, resolved
 
 
 def _resolve_pubsub(cls: type, config: dict[str, Any]) -> tuple[list, str, dict[str, Any]]:
@@ -108,7 +113,7 @@ def _resolve_pubsub(cls: type, config: dict[str, Any]) -> tuple[list, str, dict[
                 "strict_messages": inner.strict_messages,
                 **_common(config, proxy),
             }
-            return [shard.host for shard in inner._shards], inner.prefix, resolved
+            return _node_hosts(inner.router), inner.prefix, resolved
         finally:
             await proxy.close()
 
