@@ -21,7 +21,7 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ClusterDownError, ResponseError
 
 from .cluster_slots import Node, SlotMap, describe_url, fetch_slot_map, node_kwargs, parse_redirect
-from .connection import check_protocol
+from .connection import check_protocol, reply_error
 
 __all__ = [
     "ClusterConfig",
@@ -31,6 +31,7 @@ __all__ = [
     "is_cluster_entry",
     "is_cluster_node",
     "load_slot_map",
+    "PlainHostErrors",
 ]
 
 CLUSTER_KEY = "cluster"
@@ -183,3 +184,20 @@ def cluster_mode_error(error: BaseException, host: str) -> ClusterModeRequiredEr
     )
     new.__cause__ = error
     return new
+
+
+class PlainHostErrors:
+    """The error-reply factory of a plain (non-cluster) host's connections: replies only a
+    cluster node gives become ClusterModeRequiredError, naming the ``cluster`` option,
+    instead of a raw MOVED (hiredis calls this for error replies only)."""
+
+    __slots__ = ("host",)
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def __call__(self, message: str) -> Exception:
+        error = reply_error(message)
+        if message.startswith(("MOVED ", "ASK ", "CLUSTERDOWN")):
+            return cluster_mode_error(error, self.host) or error
+        return error

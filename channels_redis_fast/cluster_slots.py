@@ -32,6 +32,7 @@ __all__ = [
     "SlotMap",
     "UncoveredSlotError",
     "describe_url",
+    "fetch_from_node",
     "fetch_slot_map",
     "key_slot",
     "key_slots",
@@ -366,6 +367,11 @@ async def _fetch_one(kwargs: dict[str, Any]) -> SlotMap:
         closer = getattr(client, "aclose", None) or client.close
         await closer()
         await pool.disconnect()
+
+
+async def fetch_from_node(kwargs: dict[str, Any]) -> SlotMap:
+    """The slot map as one node (redis-py ConnectionPool ``kwargs``) sees it; one attempt."""
+    return await _fetch_one(kwargs)
 
 
 def _uncovered_count(slot_map: SlotMap) -> int:

@@ -162,12 +162,19 @@ def describe_host(host: dict[str, Any]) -> str:
 class RedisProtocol(asyncio.Protocol):
     """One socket: commands queued during a loop iteration go out in one write."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reply_timeout: float,
+        errors: Callable[[str], Exception] = reply_error,
+    ) -> None:
         self.loop = loop
         self.reply_timeout = reply_timeout
         self.transport: asyncio.Transport | None = None
         self.closed: BaseException | None = None
-        self._reader = hiredis.Reader(replyError=reply_error)
+        # ``errors`` makes the exception of an error reply (reply_error, or one that also
+        # explains a cluster node's MOVED to a plain host entry).
+        self._reader = hiredis.Reader(replyError=errors)
         # (future, extra seconds this reply may take because the command blocks)
         self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         self._queued: list[Sequence[Arg]] = []

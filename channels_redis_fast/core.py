@@ -25,12 +25,15 @@ from channels.layers import BaseChannelLayer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from .cluster_commands import ClusterCommands
+from .cluster_config import cluster_config
+from .cluster_router import ClusterSlots, check_prefix
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import RESERVED_KEY, InvalidMessageError, ReservedKeyError, WrongClientPrefixError
 from .flush import flush_node
 from .group_plan import NO_DESTINATIONS, GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
-from .routing import HashRing
+from .routing import HashRing, Router
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
@@ -82,10 +85,20 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self.channel_capacity = self.compile_capacities(channel_capacity or {})  # type: ignore[assignment]
         self._capacity_matcher = CapacityMatcher(channel_capacity or {}, capacity)
         self.prefix = prefix
-        self.hosts = decode_hosts(hosts)
-        self.ring_size = len(self.hosts)
         #: Which node holds which key (routing.py); everything that picks a server asks it.
-        self.router = HashRing(self.hosts, prefix)
+        self.router: Router
+        #: On a Redis Cluster (a ``cluster`` host entry): what follows its redirections.
+        self._cluster: ClusterCommands | None = None
+        config = cluster_config(hosts)
+        if config is None:
+            self.hosts = decode_hosts(hosts)
+            self.router = HashRing(self.hosts, prefix)
+        else:
+            self.hosts = [{**config.options, "cluster": list(config.startup)}]
+            self.router = ClusterSlots(config, check_prefix(prefix))
+            self._cluster = ClusterCommands(self.router, self._loop_connections)
+            self.router.on_change(self._add_nodes)
+        self.ring_size = len(self.hosts)
         self._serializer = registry.get_serializer(
             serializer_format,
             symmetric_encryption_keys=symmetric_encryption_keys,
@@ -165,6 +178,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 _wrap_close(self, loop)
         return state
 
+    def _add_nodes(self) -> None:
+        for state in list(self._layers.values()):
+            state.add_nodes()
+
     def connection(self, index: int) -> RedisConnection:
         """The shared command connection to node ``index`` on the running loop."""
         known = len(self.router.hosts)
@@ -221,6 +238,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self._check_message(message)
         if type(channel) is not str or channel not in self._valid_channels:
             self._valid_channels.require(channel)
+        if self._cluster is not None:
+            await self._cluster.ready()
         bang = channel.find("!")
         if bang >= 0:
             message = dict(message)
@@ -240,7 +259,9 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         try:
             added = await send_script.start(connection, keys, args)
         except ResponseError as exc:
-            added = await send_script.after_error(exc, connection, keys, args)
+            cluster = self._cluster
+            added = await (cluster.script(send_script, keys, args, exc) if cluster else
+                           send_script.after_error(exc, connection, keys, args))
         if not added:
             self.stats_counters["channel_full"] += 1
             raise ChannelFull(channel)
@@ -265,6 +286,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         buffer = self.receive_buffer.get(channel)
         if buffer is not None and buffer.qsize():
             return self._take(channel, buffer, general)
+        if self._cluster is not None:
+            await self._cluster.ready()
         loop = running_loop()
         if self.receive_count == 0:
             self.receive_event_loop = loop
@@ -556,15 +579,19 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self._valid_channels.require(channel)
         key = self._group_key(group)
         self._group_plans.pop(group, None)
-        connection = self._loop_connections().commands[self.router.node_of(key)]
         # A script, so that a Redis out of memory refuses the ZADD and the EXPIRE alike.
-        await group_add_script(connection, [key], [time.time(), channel, max(1, math.ceil(self.group_expiry))])
+        args = [time.time(), channel, max(1, math.ceil(self.group_expiry))]
+        if self._cluster is not None:
+            return await self._cluster.script(group_add_script, [key], args)
+        await group_add_script(self._loop_connections().commands[self.router.node_of(key)], [key], args)
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         self._group_plans.pop(group, None)
         key = self._group_key(group)
+        if self._cluster is not None:
+            return await self._cluster.execute(key, "ZREM", key, channel)
         await self._loop_connections().commands[self.router.node_of(key)].execute("ZREM", key, channel)
 
     async def group_send(self, group: str, message: dict) -> None:
@@ -573,6 +600,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         part, then one script per other destination node. Otherwise one read first."""
         self.require_valid_group_name(group)
         self._check_message(message)
+        if self._cluster is not None:
+            return await self._cluster.group_send(self, group, message)  # one SEND per key
         state = self._loop_connections()
         key = self._group_key(group)
         group_node = self.router.node_of(key)
@@ -637,8 +666,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     # -- flush ----------------------------------------------------------------------
     async def flush(self) -> None:
         """Delete this layer's keys (SCAN, never KEYS) and close the connections."""
-        state = self._loop_connections()
-        await asyncio.gather(*[flush_node(state.commands[node], self.prefix) for node in self.router.nodes])
+        if self._cluster is not None:
+            await self._cluster.ready()
+        state, per_key = self._loop_connections(), self._cluster is not None  # (CROSSSLOT)
+        await asyncio.gather(*[flush_node(state.commands[node], self.prefix, per_key) for node in self.router.nodes])
         self.receive_buffer.clear()
         self._group_plans.clear()
         self._buffer_touched.clear()

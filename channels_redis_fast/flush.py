@@ -17,8 +17,11 @@ from .utils import glob_escape
 SCAN_COUNT = 1000
 
 
-async def flush_node(connection: RedisConnection, prefix: str) -> None:
-    """Delete the keys of a layer with ``prefix`` that live on ``connection``'s node."""
+async def flush_node(connection: RedisConnection, prefix: str, per_key: bool = False) -> None:
+    """Delete the keys of a layer with ``prefix`` that live on ``connection``'s node.
+
+    ``per_key``: one UNLINK per key, in one write (a Redis Cluster node refuses one UNLINK
+    of keys in several slots)."""
     pattern = glob_escape(prefix) + "*"
     ours = own_key_pattern(prefix)
     cursor = b"0"
@@ -30,7 +33,9 @@ async def flush_node(connection: RedisConnection, prefix: str) -> None:
             # whose name happens to look like a channel (say "asgi-meta") stays.
             types = await connection.execute_many([("TYPE", k) for k in mine])
             mine = [k for k, t in zip(mine, types) if t in (b"zset", "zset")]
-        if mine:
+        if mine and per_key:
+            await connection.execute_many([("UNLINK", k) for k in mine])
+        elif mine:
             await connection.execute("UNLINK", *mine)
         if cursor in (b"0", 0, "0"):
             return

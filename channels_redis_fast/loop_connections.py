@@ -10,10 +10,16 @@ callers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Awaitable, Callable
 
-from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, make_pool
+from redis.exceptions import ResponseError
+
+from .cluster_config import PlainHostErrors
+from .cluster_router import ClusterSlots
+from .cluster_slots import parse_redirect
+from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, RedisProtocol, make_pool
 from .pump import KeyPump
 from .reconnect import Reachable
 from .routing import Router
@@ -34,20 +40,75 @@ class LoopConnections:
         self.router = router
         self.loop = loop
         self.reply_timeout = reply_timeout
-        hosts = router.hosts
-        self.pools = [make_pool(host) for host in hosts]
+        # A cluster's connections follow redirections (cluster_commands.py); a plain
+        # host's explain a cluster node's MOVED instead (PlainHostErrors).
+        self.cluster = isinstance(router, ClusterSlots)
+        self.pools: list[Any] = []
         # Per node: any of our connections that reaches it wakes its pumps' reconnect
         # pauses (a send after an outage usually gets there first).
-        self.reachable = [Reachable(loop) for _ in hosts]
-        self.commands = [
-            RedisConnection(pool, loop, reply_timeout, name=router.describe(node), on_connect=reachable.notify)
-            for node, (pool, reachable) in enumerate(zip(self.pools, self.reachable))
-        ]
+        self.reachable: list[Reachable] = []
+        self.commands: list[RedisConnection] = []
+        self.add_nodes()
         self.pumps: dict[tuple[str, int], KeyPump] = {}
         # key -> its pumps on every node it is read from, so a receive finds them with
         # one lookup.
         self.key_pumps: dict[str, list[KeyPump]] = {}
         self.closed = False
+
+    def add_nodes(self) -> None:
+        """Connections for the nodes the router learnt since (a cluster's hosts grow)."""
+        for node in range(len(self.commands), len(self.router.hosts)):
+            self.pools.append(make_pool(self.router.hosts[node]))
+            self.reachable.append(Reachable(self.loop))
+            self.commands.append(self._connection(node, self.router.describe(node)))
+
+    def command(self, node: int) -> RedisConnection:
+        """The multiplexed connection to ``node`` (made if the router learnt it since)."""
+        if node >= len(self.commands):
+            self.add_nodes()
+        return self.commands[node]
+
+    def _connection(self, node: int, name: str) -> RedisConnection:
+        factory = None
+        if not self.cluster:
+            factory = functools.partial(RedisProtocol, errors=PlainHostErrors(self.router.describe(node)))
+        return RedisConnection(
+            self.pools[node], self.loop, self.reply_timeout, name=name,
+            protocol_factory=factory, on_connect=self.reachable[node].notify,
+        )
+
+    def relocate(self, pump: KeyPump, error: ResponseError) -> bool:
+        """A cluster pump's key answered MOVED: point the pump at the slot's new owner.
+
+        Called by the pump between two pops (nothing in flight on its connection). The
+        router records the new owner; the pump gets a connection there and goes on with
+        what it holds (the members it delivered move with their key). False if ``error``
+        is no MOVED.
+        """
+        redirect = parse_redirect(error)
+        if not self.cluster or redirect is None or redirect.kind != "MOVED":
+            return False
+        router: ClusterSlots = self.router  # type: ignore[assignment]
+        old = pump.node
+        node = router.moved(redirect, router.hosts[old].get("host", ""))
+        router.refresh_soon()
+        if node == old:
+            return True
+        self.command(node)
+        self.pumps.pop((pump.key, old), None)
+        self.pumps[(pump.key, node)] = pump
+        pumps = self.key_pumps.get(pump.key)
+        if pumps is not None:
+            self.key_pumps[pump.key] = [p for p in pumps if p is not pump] + [pump]
+        pump.move_to(
+            node,
+            self._connection(node, f"{pump.key}@{node}"),
+            self.commands[node],
+            self.reachable[node],
+            f"{pump.key} on {router.describe(node)}",
+        )
+        logger.info("Receiving %s from %s now (its slot moved)", pump.key, router.describe(node))
+        return True
 
     def pump(
         self,
@@ -67,13 +128,7 @@ class LoopConnections:
             # A blocking pop holds its socket for up to ``block`` seconds, so each pump
             # gets its own connection instead of stalling the shared one.
             reachable = self.reachable[node]
-            connection = RedisConnection(
-                self.pools[node],
-                self.loop,
-                self.reply_timeout,
-                name=f"{key}@{node}",
-                on_connect=reachable.notify,
-            )
+            connection = self._connection(node, f"{key}@{node}")
             pump = KeyPump(
                 connection,
                 key,
@@ -88,6 +143,8 @@ class LoopConnections:
                 may_linger=may_linger,
                 inflight=inflight,
                 inflight_ttl=inflight_ttl,
+                node=node,
+                relocate=self.relocate if self.cluster else None,
             )
             self.pumps[(key, node)] = pump
         return pump

@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster_config import ClusterModeRequiredError
 from .connection import RedisConnection
 from .reconnect import RETRY_START, Backoff, Reachable
 from .scripts import Script, work_pop_script, work_restore_script
@@ -41,6 +42,9 @@ TRANSIENT_MAX = 1.0
 #: Error replies that pass once the server is ready (a demoted master after a failover,
 #: a restarted server loading its data): retried at the reconnect pace.
 _TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
+#: On a cluster, besides: a slot being migrated (ASK: the pump waits for the MOVED that
+#: ends the migration), no quorum for the slot yet, a pop unblocked by a failover.
+_CLUSTER_TRANSIENT = ("ASK", "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED")
 
 
 class KeyPump:
@@ -61,8 +65,14 @@ class KeyPump:
         may_linger: Callable[[], bool] | None = None,
         inflight: str | None = None,
         inflight_ttl: int = 60,
+        node: int = 0,
+        relocate: Callable[[KeyPump, ResponseError], bool] | None = None,
     ) -> None:
         self.connection = connection
+        # On a Redis Cluster: the node read from, and who moves the pump when the key's
+        # slot answers MOVED (LoopConnections.relocate).
+        self.node = node
+        self.relocate = relocate
         # Ends a reconnect pause as soon as any connection of the layer reaches the shard.
         self.reachable = reachable
         # A second connection to the same server, to send CLIENT UNBLOCK on.
@@ -433,7 +443,14 @@ class KeyPump:
                 continue
             except ResponseError as exc:
                 message = str(exc)
-                if message.startswith(_TRANSIENT_REPLIES):
+                if isinstance(exc, ClusterModeRequiredError):
+                    self._fail(exc)  # a plain host entry names a cluster node
+                    return
+                if self.relocate is not None and self.relocate(self, exc):
+                    continue  # MOVED: the pump reads the key's new owner now
+                if message.startswith(_TRANSIENT_REPLIES) or (
+                    self.relocate is not None and message.startswith(_CLUSTER_TRANSIENT)
+                ):
                     # A demoted master reconnects through discovery; a loading one is
                     # asked again.
                     if message.startswith("READONLY"):
@@ -478,6 +495,24 @@ class KeyPump:
                 # the oldest messages it had not read yet.
                 await asyncio.sleep(0)
 
+    def move_to(
+        self, node: int, connection: RedisConnection, control: RedisConnection, reachable: Reachable, description: str
+    ) -> None:
+        """Read the key from another node (its slot moved there); between two pops only.
+
+        What the pump holds stays valid: the members it delivered and has to remove, and
+        the in-flight key of a work queue, moved with the key (they share its slot).
+        """
+        old = self.connection
+        if self.reachable is not None:
+            self.reachable.resign(self)
+        self.node, self.connection, self.control, self.reachable = node, connection, control, reachable
+        self.description = description
+        self._client_id_of = -1
+        self.client_id = None
+        self.found_empty = self.drained = False
+        _close_later(old)
+
     def _fail(self, exc: BaseException) -> None:
         logger.error("Cannot receive from %s: %s: %s", self.description, type(exc).__name__, exc)
         if self.on_error is not None:
@@ -520,6 +555,11 @@ def _pairs_flat(reply: list) -> list:
     if reply and type(reply[0]) is list:
         return [item for pair in reply for item in pair]
     return reply
+
+
+def _close_later(connection: RedisConnection) -> None:
+    task = asyncio.ensure_future(connection.close())
+    task.add_done_callback(_retrieve)
 
 
 def _retrieve(future: asyncio.Future) -> None:

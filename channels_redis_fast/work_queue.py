@@ -44,6 +44,7 @@ class WorkQueueReturns:
     _giving_back: dict[str, asyncio.Future]
     _buffer_touched: dict[str, float]
     router: Router
+    _cluster: Any  # cluster_commands.ClusterCommands on a Redis Cluster, else None
     _background: set[asyncio.Task]
     serialize: Callable[[Any], bytes]
     _loop_connections: Callable[[], LoopConnections]
@@ -134,8 +135,11 @@ class WorkQueueReturns:
         for score, member in pairs:
             args.append(score)
             args.append(member)
-        connection = (commands or self._loop_connections().commands)[index]
-        task = asyncio.ensure_future(connection.execute(*args))
+        commands = commands or self._loop_connections().commands
+        if self._cluster is not None:  # to the key's node now: its slot may have moved
+            task = asyncio.ensure_future(self._cluster.execute_via(commands, key, *args))
+        else:
+            task = asyncio.ensure_future(commands[index].execute(*args))
         self._background.add(task)
         task.add_done_callback(self._background_done)
         return task
