@@ -106,23 +106,23 @@ class ClusterCommands:
                         return await connection.execute(*commands[0])
                     replies = await connection.execute_many(commands)
                     return replies[1::2] if asking else replies
-                except ResponseError as exc:
+                except (ResponseError, RedisConnectionError, OSError) as exc:
                     error = exc
-                except (ReplyLostError, RedisTimeoutError):
-                    raise  # written: it may have run
-                except (RedisConnectionError, OSError) as exc:
-                    # Never written (connection.py tells the two apart): the node may be
-                    # gone; retry once the map names another owner for the slot.
-                    deadline = deadline or time.monotonic() + RETRY_FOR
-                    if time.monotonic() > deadline:
-                        raise
-                    await router.refresh()
-                    new = router.node_of(key)
-                    if new == node:
-                        delay = min(delay * 2 or RETRY_START, RETRY_MAX)
-                        await asyncio.sleep(delay)
-                    node, asking, error = new, False, None
-                    continue
+            if isinstance(error, (ReplyLostError, RedisTimeoutError)):
+                raise error  # written: it may have run
+            if isinstance(error, (RedisConnectionError, OSError)):
+                # Never written (connection.py tells the two apart): the node may be
+                # gone; retry once the map names another owner for the slot.
+                deadline = deadline or time.monotonic() + RETRY_FOR
+                if time.monotonic() > deadline:
+                    raise error
+                await router.refresh()
+                new = router.node_of(key)
+                if new == node:
+                    delay = min(delay * 2 or RETRY_START, RETRY_MAX)
+                    await asyncio.sleep(delay)
+                node, asking, error = new, False, None
+                continue
             if isinstance(error, NoScriptError) and not by_source:
                 by_source, error = True, None
                 continue

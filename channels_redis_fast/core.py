@@ -258,10 +258,12 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         args = (payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl)
         try:
             added = await send_script.start(connection, keys, args)
-        except ResponseError as exc:
+        except (ResponseError, RedisConnectionError) as exc:  # (a cluster retries what was not run)
             cluster = self._cluster
+            if cluster is None and not isinstance(exc, ResponseError):
+                raise
             added = await (cluster.script(send_script, keys, args, exc) if cluster else
-                           send_script.after_error(exc, connection, keys, args))
+                           send_script.after_error(exc, connection, keys, args))  # type: ignore[arg-type]
         if not added:
             self.stats_counters["channel_full"] += 1
             raise ChannelFull(channel)

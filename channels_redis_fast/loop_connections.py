@@ -77,23 +77,35 @@ class LoopConnections:
             protocol_factory=factory, on_connect=self.reachable[node].notify,
         )
 
-    def relocate(self, pump: KeyPump, error: ResponseError) -> bool:
-        """A cluster pump's key answered MOVED: point the pump at the slot's new owner.
+    def relocate(self, pump: KeyPump, error: BaseException) -> bool:
+        """Point a cluster pump at its key's owner after ``error``; whether it moved.
 
-        Called by the pump between two pops (nothing in flight on its connection). The
-        router records the new owner; the pump gets a connection there and goes on with
-        what it holds (the members it delivered move with their key). False if ``error``
-        is no MOVED.
+        Called by the pump between two pops (nothing in flight on its connection). A MOVED
+        reply names the new owner; after a connection error the map is fetched again in
+        the background (a failed primary's replica takes over), and the pump moves once
+        it names another owner. The pump goes on with what it holds: the members it
+        delivered and the in-flight key moved with their slot.
         """
-        redirect = parse_redirect(error)
-        if not self.cluster or redirect is None or redirect.kind != "MOVED":
+        if not self.cluster:
             return False
         router: ClusterSlots = self.router  # type: ignore[assignment]
         old = pump.node
-        node = router.moved(redirect, router.hosts[old].get("host", ""))
-        router.refresh_soon()
-        if node == old:
-            return True
+        redirect = parse_redirect(error) if isinstance(error, ResponseError) else None
+        if redirect is not None and redirect.kind == "MOVED":
+            node = router.moved(redirect, router.hosts[old].get("host", ""))
+            router.refresh_soon()
+            if node == old:
+                return True
+        elif isinstance(error, ResponseError):
+            return False
+        else:
+            router.refresh_soon()
+            try:
+                node = router.node_of(pump.key)
+            except LookupError:  # no primary serves the slot yet: the pump backs off
+                return False
+            if node == old:
+                return False
         self.command(node)
         self.pumps.pop((pump.key, old), None)
         self.pumps[(pump.key, node)] = pump

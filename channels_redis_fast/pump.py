@@ -66,7 +66,7 @@ class KeyPump:
         inflight: str | None = None,
         inflight_ttl: int = 60,
         node: int = 0,
-        relocate: Callable[[KeyPump, ResponseError], bool] | None = None,
+        relocate: Callable[[KeyPump, BaseException], bool] | None = None,
     ) -> None:
         self.connection = connection
         # On a Redis Cluster: the node read from, and who moves the pump when the key's
@@ -433,6 +433,8 @@ class KeyPump:
                 self._fail(exc)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self.relocate is not None and self.relocate(self, exc):
+                    continue  # the key's slot has another owner now (a failover)
                 self.errors += 1
                 if backoff.failed():
                     logger.warning(

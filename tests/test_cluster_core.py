@@ -213,13 +213,25 @@ async def test_a_handful_of_connections_per_primary(cluster):
 # ------------------------------------------------------------------------------ topology
 
 
-async def _traffic(cluster, change, channel_count: int = 20, after: int = 200):
-    """Send to process channels before, while and after ``change(key)`` runs in a thread
-    (``key``: the receiving process's key); returns (lost, duplicated, refused, redirects)
-    once everything accepted was received or a receive stayed empty for a second."""
+async def _traffic(cluster, change, kind: str = "direct", channel_count: int = 20, after: int = 200):
+    """Send before, while and after ``change(keys)`` runs in a thread (``keys``: the Redis
+    keys the traffic goes through); returns (lost, duplicated, refused, redirects) once
+    everything accepted was received or every receive stayed empty for a second.
+
+    ``kind``: "direct" (send to process channels), "group" (group_send to a group of
+    process channels) or "work" (a general channel, read by several receivers).
+    """
     sender, receiver = _layer(cluster), _layer(cluster)
-    channels = [await receiver.new_channel() for _ in range(channel_count)]
-    key = "asgi" + channels[0][: channels[0].index("!") + 1]
+    if kind == "work":
+        channels = ["jobs"] * 4  # four receivers of one work queue
+        keys = ["asgijobs"]
+    else:
+        channels = [await receiver.new_channel() for _ in range(channel_count)]
+        keys = ["asgi" + channels[0][: channels[0].index("!") + 1]]
+    if kind == "group":
+        for channel in channels:
+            await receiver.group_add("room", channel)
+        keys.append("asgi:group:room")
     accepted: dict[str, list[int]] = collections.defaultdict(list)
     received: dict[str, list[int]] = collections.defaultdict(list)
     refused = []
@@ -230,10 +242,15 @@ async def _traffic(cluster, change, channel_count: int = 20, after: int = 200):
         n = 0
         left = after
         while left:
-            channel = channels[n % channel_count]
+            channel = channels[n % len(channels)]
             try:
-                await sender.send(channel, {"type": "m", "n": n})
-                accepted[channel].append(n)
+                if kind == "group":
+                    await sender.group_send("room", {"type": "m", "n": n})
+                    for member in channels:
+                        accepted[member].append(n)
+                else:
+                    await sender.send(channel, {"type": "m", "n": n})
+                    accepted[channel].append(n)
             except (redis.RedisError, OSError) as exc:
                 refused.append(exc)
             n += 1
@@ -255,43 +272,89 @@ async def _traffic(cluster, change, channel_count: int = 20, after: int = 200):
     sending = asyncio.ensure_future(send_all())
     receiving = [asyncio.ensure_future(receive_all(c)) for c in channels]
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(change, key)
+    await asyncio.to_thread(change, keys)
     changed.set()
     await sending
     await asyncio.gather(*receiving)
-    lost = sum(len(set(accepted[c]) - set(received[c])) for c in channels)
-    duplicated = sum(len(received[c]) - len(set(received[c])) for c in channels)
-    for channel in channels:  # and each in order
-        assert received[channel] == sorted(received[channel])
+    names = set(channels)
+    lost = sum(len(set(accepted[c]) - set(received[c])) for c in names)
+    duplicated = sum(len(received[c]) - len(set(received[c])) for c in names)
+    if kind != "work":  # one receiver per channel: each in order
+        for channel in names:
+            assert received[channel] == sorted(received[channel])
     # Messages were sent and received on both sides of the change.
-    assert sum(map(len, accepted.values())) > after
+    assert len(accepted[channels[0]]) * len(names) > after
     redirects = sender._cluster.redirects
     await _close(sender, receiver)
     return lost, duplicated, refused, redirects
 
 
-async def test_slot_migration_under_traffic_loses_and_duplicates_nothing(cluster):
-    moved = []
+def _migrate_all(cluster, moved: list):
+    def migrate(keys):
+        # Each key's slot moves to another primary while messages go through it.
+        for key in keys:
+            slot = cluster.key_slot(key)
+            target = next(p for p in cluster.primaries() if p is not cluster.node_for_slot(slot))
+            cluster.migrate_slot(slot, target, batch=1)
+            moved.append(slot)
 
-    def migrate(key):
-        # The receiving process's key moves, while messages are sent to it and read.
-        slot = cluster.key_slot(key)
-        target = next(p for p in cluster.primaries() if p is not cluster.node_for_slot(slot))
-        cluster.migrate_slot(slot, target, batch=1)
-        moved.append(slot)
+    return migrate
 
-    lost, duplicated, refused, redirects = await _traffic(cluster, migrate)
-    assert moved and redirects  # the sender was told where the slot went
+
+@pytest.mark.parametrize("kind", ["direct", "group", "work"])
+async def test_slot_migration_under_traffic_loses_and_duplicates_nothing(cluster, kind):
+    moved: list[int] = []
+    lost, duplicated, refused, redirects = await _traffic(cluster, _migrate_all(cluster, moved), kind)
+    assert moved and redirects  # the sender was told where the slots went
     assert (lost, duplicated) == (0, 0)
     assert len(refused) <= 5, refused
 
 
-async def test_manual_failover_under_traffic_loses_and_duplicates_nothing(cluster):
-    def failover(key):
-        primary = cluster.node_for_key(key)
+@pytest.mark.parametrize("kind", ["direct", "group", "work"])
+async def test_manual_failover_under_traffic_loses_and_duplicates_nothing(cluster, kind):
+    def failover(keys):
+        primary = cluster.node_for_key(keys[0])
         cluster.failover(cluster.replicas_of(primary)[0])
 
-    lost, duplicated, refused, redirects = await _traffic(cluster, failover)
+    lost, duplicated, refused, redirects = await _traffic(cluster, failover, kind)
     assert redirects
     assert (lost, duplicated) == (0, 0)
     assert len(refused) <= 5, refused
+
+
+async def test_a_half_done_migration_is_followed_with_asking(cluster):
+    # One hash tag: every key of this layer is in one slot, which is being migrated.
+    layer = _layer(cluster, prefix="{mig}")
+    slot = cluster.key_slot("{mig}")
+    for channel in ("a", "b"):
+        await layer.send(channel, {"type": "m", "n": 0})
+    source = cluster.node_for_slot(slot)
+    target = next(p for p in cluster.primaries() if p is not source)
+    cluster.begin_migration(slot, target)
+    assert cluster.move_keys(slot, source, target, batch=1, limit=1) == 1
+    for channel in ("a", "b", "c"):  # a moved key, a key still on the source, a new key
+        await layer.send(channel, {"type": "m", "n": 1})
+    assert layer._cluster.redirects >= 2  # ASK for the moved key and the new one
+    assert target.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 2
+    waiting = asyncio.ensure_future(receive_soon(layer, "c", timeout=30))
+    await asyncio.sleep(0.3)
+    cluster.finish_migration(slot, source, target)
+    assert (await waiting) == {"type": "m", "n": 1}
+    for channel in ("a", "b"):
+        assert [(await receive_soon(layer, channel))["n"] for _ in range(2)] == [0, 1]
+    await _close(layer)
+
+
+async def test_a_pending_receive_gets_messages_sent_after_its_primary_crashed(cluster):
+    sender, receiver = _layer(cluster), _layer(cluster)
+    channel = await receiver.new_channel()
+    key = "asgi" + channel[: channel.index("!") + 1]
+    await sender.send(channel, {"type": "m", "n": 0})
+    assert (await receive_soon(receiver, channel))["n"] == 0
+    waiting = asyncio.ensure_future(receive_soon(receiver, channel, timeout=60))
+    await asyncio.sleep(0.3)
+    promoted = await asyncio.to_thread(cluster.kill, cluster.node_for_key(key))
+    assert promoted is not None
+    await sender.send(channel, {"type": "m", "n": 1})  # on the promoted replica
+    assert (await waiting) == {"type": "m", "n": 1}
+    await _close(sender, receiver)
