@@ -44,7 +44,11 @@ async def flush_node(connection: RedisConnection, prefix: str, per_key: bool = F
 def own_key_pattern(prefix: str) -> re.Pattern:
     """A regex that matches exactly the key names a layer with ``prefix`` writes."""
     escaped = re.escape(prefix.encode("utf-8"))
-    channel = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?(?:\$inflight(?:\{[^{}]*\}[0-9a-f]+\.\d+)?)?"
+    name = rb"[a-zA-Z\d\-_.]+(?:![\w\-.]*)?"
+    # A work-queue pump's backup names its queue key in braces: the prefix may hold
+    # braces of its own (a cluster hash tag such as "{asgi}").
+    inflight = rb"\$inflight(?:\{(?:[^{}]*|" + escaped + name + rb")\}[0-9a-f]+\.\d+)?"
+    channel = name + rb"(?:" + inflight + rb")?"
     group = rb":group:[a-zA-Z\d\-_.]+"
     return re.compile(escaped + rb"(?:" + channel + rb"|" + group + rb")\Z")
 

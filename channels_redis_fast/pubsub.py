@@ -39,6 +39,7 @@ from .serializers import registry
 from .speedups import ChannelBuffer
 from .subscriber import Shard
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
+from .cluster_config import cluster_config
 from .routing import HashRing
 from .utils import ValidNames, _wrap_close, decode_hosts, running_loop
 
@@ -100,7 +101,13 @@ class RedisPubSubChannelLayer:
         self._args = args
         self._kwargs = kwargs
         # The loop layers are made on first use; bad hosts (an unknown RESP version) fail now.
-        decode_hosts(kwargs["hosts"] if "hosts" in kwargs else args[0] if args else None)
+        hosts = kwargs["hosts"] if "hosts" in kwargs else args[0] if args else None
+        if cluster_config(hosts) is not None:
+            raise ValueError(
+                "RedisPubSubChannelLayer does not run on a Redis Cluster yet (sharded pub/sub is "
+                "planned); use channels_redis_fast.core.RedisChannelLayer with the `cluster` entry"
+            )
+        decode_hosts(hosts)
         self._layers: dict[asyncio.AbstractEventLoop, RedisPubSubLoopLayer] = {}
         # Unlike the core layer: no random prefix and no expiry (so no Fernet TTL either),
         # because nothing is stored in a sorted set. Bytes match channels_redis's pub/sub.

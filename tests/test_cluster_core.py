@@ -195,7 +195,13 @@ def test_a_prefix_with_a_broken_hash_tag_is_refused(cluster):
 # ------------------------------------------------------------------------------ connections
 
 
+def _client_counts(cluster) -> dict[int, int]:
+    """Clients connected to each primary, the harness's own included."""
+    return {node.port: len(node.client().client_list()) for node in cluster.primaries()}
+
+
 async def test_a_handful_of_connections_per_primary(cluster):
+    before = _client_counts(cluster)
     layer = _layer(cluster)
     channels = [await layer.new_channel() for _ in range(3)]
     await asyncio.gather(*[layer.send(f"many.{n}", {"type": "x"}) for n in range(300)])
@@ -203,11 +209,44 @@ async def test_a_handful_of_connections_per_primary(cluster):
         await layer.group_add("g", channel)
     await asyncio.gather(*[layer.group_send("g", {"type": "g"}) for _ in range(50)])
     await asyncio.gather(*[receive_soon(layer, channels[0]) for _ in range(50)])
-    for node in cluster.primaries():
-        clients = [c for c in node.client().client_list() if c.get("name", "") == "" and c["cmd"] != "client|list"]
-        # One multiplexed connection per primary, plus at most one pump's (one process key).
-        assert 1 <= len(clients) <= 3, (node.port, clients)
+    after = _client_counts(cluster)
+    pump_port = cluster.node_for_key("asgi" + channels[0][: channels[0].index("!") + 1]).port
+    # One multiplexed connection per primary (300 concurrent sends, 50 group sends),
+    # plus one for the pump of this process's key on its owner.
+    assert {port: after[port] - before[port] for port in after} == {
+        port: 2 if port == pump_port else 1 for port in after
+    }
+    stats = await layer.stats()
+    assert len(stats["shards"]) == 3
     await _close(layer)
+
+
+async def test_a_receive_through_a_plain_url_of_a_cluster_node_raises_the_clear_error(cluster):
+    node = cluster.primaries()[0]
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{node.port}"])
+    channel = next(c for c in (f"elsewhere.{i}" for i in range(100)) if cluster.node_for_key(f"asgi{c}") is not node)
+    with pytest.raises(ClusterModeRequiredError, match="cluster"):
+        await receive_soon(layer, channel)
+    await _close(layer)
+
+
+def test_the_pubsub_layer_refuses_a_cluster_entry_clearly(cluster):
+    from channels_redis_fast.pubsub import RedisPubSubChannelLayer
+
+    with pytest.raises(ValueError, match="sharded pub/sub"):
+        RedisPubSubChannelLayer(hosts=[cluster.hosts_entry()])
+
+
+async def test_flush_covers_work_queue_backups_under_a_hash_tag_prefix(cluster):
+    layer = _layer(cluster, prefix="{tagged}")
+    await layer.send("jobs", {"type": "job"})
+    owner = cluster.node_for_key("{tagged}")
+    # A pump's in-flight key, as one left behind by a process that died mid-delivery.
+    backup = layer._inflight_key("{tagged}jobs")
+    owner.client().zadd(backup, {b"member": 1.0})
+    owner.client().set("{tagged}-foreign", b"stays")
+    await layer.flush()
+    assert owner.client().keys("{tagged}*") == [b"{tagged}-foreign"]
 
 
 # ------------------------------------------------------------------------------ topology
