@@ -105,7 +105,9 @@ class ClusterCommands:
                     if len(commands) == 1:
                         return await connection.execute(*commands[0])
                     replies = await connection.execute_many(commands)
-                    return replies[1::2] if asking else replies
+                    if asking:  # every other reply is ASKING's OK
+                        return replies[1::2] if many else replies[1]
+                    return replies
                 except (ResponseError, RedisConnectionError, OSError) as exc:
                     error = exc
             if isinstance(error, (ReplyLostError, RedisTimeoutError)):

@@ -56,7 +56,7 @@ def check_prefix(prefix: str) -> str:
 class ClusterSlots:
     """Routes keys to the primary that serves their hash slot."""
 
-    def __init__(self, config: ClusterConfig, prefix: str | None = None) -> None:
+    def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.hosts: list[dict[str, Any]] = []
         self._addresses: list[Node] = []

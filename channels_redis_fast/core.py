@@ -85,17 +85,17 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self.channel_capacity = self.compile_capacities(channel_capacity or {})  # type: ignore[assignment]
         self._capacity_matcher = CapacityMatcher(channel_capacity or {}, capacity)
         self.prefix = prefix
-        #: Which node holds which key (routing.py); everything that picks a server asks it.
-        self.router: Router
         #: On a Redis Cluster (a ``cluster`` host entry): what follows its redirections.
         self._cluster: ClusterCommands | None = None
         config = cluster_config(hosts)
         if config is None:
             self.hosts = decode_hosts(hosts)
-            self.router = HashRing(self.hosts, prefix)
+            #: Which node holds which key (routing.py); everything that picks a server asks it.
+            self.router: Router = HashRing(self.hosts, prefix)
         else:
             self.hosts = [{**config.options, "cluster": list(config.startup)}]
-            self.router = ClusterSlots(config, check_prefix(prefix))
+            self.router = ClusterSlots(config)
+            check_prefix(prefix)
             self._cluster = ClusterCommands(self.router, self._loop_connections)
             self.router.on_change(self._add_nodes)
         self.ring_size = len(self.hosts)
