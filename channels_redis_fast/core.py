@@ -34,6 +34,7 @@ from .routing import HashRing
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
+from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
 from .work_queue import GeneralChannelDelivery, WorkQueueReturns
 
@@ -121,9 +122,18 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self._group_plans = GroupPlans()
         self.router.on_change(self._group_plans.clear)
         self._background: set[asyncio.Task] = set()
+        #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
+        self._sync = SyncBridge(self)
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__}(hosts={self.hosts})"
+
+    def _forked(self) -> None:
+        # A forked child (Celery prefork, gunicorn --preload) must not read the process
+        # key of its parent or siblings: it gets channel names of its own.
+        self.client_prefix = uuid.uuid4().hex
+        self._own_suffix = self.client_prefix + "!"
+        self._receive_routes.clear()
 
     # -- serialization and naming ---------------------------------------------------
     def serialize(self, message: Any) -> bytes:
@@ -179,6 +189,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
 
     async def close_pools(self) -> None:
         """Close every socket this layer holds; it reconnects lazily if used again."""
+        await self._sync.aclose()
         current = asyncio.get_running_loop()
         for loop, state in list(self._layers.items()):
             del self._layers[loop]
@@ -218,6 +229,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     # -- send -----------------------------------------------------------------------
     async def send(self, channel: str, message: dict) -> None:
         """Send a message onto a (general or specific) channel."""
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.send, channel, message)
         self._check_message(message)
         if type(channel) is not str or channel not in self._valid_channels:
             self._valid_channels.require(channel)
@@ -258,6 +271,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         Cancelling it never loses a message: pops happen in the pump, and a message
         taken from a local buffer is returned with no await in between.
         """
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.receive, channel, give_back=self._put_back)
         route = self._receive_routes.get(channel) if type(channel) is str else None
         if route is None:
             route = self._receive_route(channel)
@@ -552,6 +567,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
 
     # -- groups ---------------------------------------------------------------------
     async def group_add(self, group: str, channel: str) -> None:
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.group_add, group, channel)
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         key = self._group_key(group)
@@ -561,6 +578,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         await group_add_script(connection, [key], [time.time(), channel, max(1, math.ceil(self.group_expiry))])
 
     async def group_discard(self, group: str, channel: str) -> None:
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.group_discard, group, channel)
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         self._group_plans.pop(group, None)
@@ -571,6 +590,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         """Send to every channel of a group. With a remembered plan (see group_plan.py):
         one script on the group's node that checks the members and writes that node's
         part, then one script per other destination node. Otherwise one read first."""
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.group_send, group, message)
         self.require_valid_group_name(group)
         self._check_message(message)
         state = self._loop_connections()
@@ -637,6 +658,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     # -- flush ----------------------------------------------------------------------
     async def flush(self) -> None:
         """Delete this layer's keys (SCAN, never KEYS) and close the connections."""
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.flush)
         state = self._loop_connections()
         await asyncio.gather(*[flush_node(state.commands[node], self.prefix) for node in self.router.nodes])
         self.receive_buffer.clear()

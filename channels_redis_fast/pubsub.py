@@ -38,6 +38,7 @@ from .exceptions import InvalidMessageError
 from .serializers import registry
 from .speedups import ChannelBuffer
 from .subscriber import Shard
+from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
 from .routing import HashRing
 from .utils import ValidNames, _wrap_close, decode_hosts, running_loop
@@ -72,10 +73,13 @@ class _OnCurrentLoop:
         if proxy is None:
             return self.forward
         try:
-            layer = proxy._layers[running_loop()]
+            loop = running_loop()
+            layer = proxy._layers[loop]
         except RuntimeError:
             return types.MethodType(self.forward, proxy)
         except KeyError:
+            if loop in PER_CALL_LOOPS:  # a sync caller's loop: the proxy's bridged method
+                return types.MethodType(self.forward, proxy)
             layer = proxy._get_layer()
         return getattr(layer, self.name)
 
@@ -107,12 +111,14 @@ class RedisPubSubChannelLayer:
         self._serializer = registry.get_serializer(
             serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
         )
+        #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
+        self._sync = SyncBridge(self)
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (prefix, channels, groups, _shards, dropped, ...) lives on the
         # current loop's layer, as in channels_redis. Guard our own attributes so a
         # half-built or unpickled object cannot recurse here.
-        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_serializer"):
+        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_serializer", "_sync"):
             raise AttributeError(name)
         return getattr(self._get_layer(), name)
 
@@ -132,6 +138,19 @@ class RedisPubSubChannelLayer:
             _wrap_close(self, loop)
         return layer
 
+    async def _on_loop(self, name: str, *args: Any) -> Any:
+        """The current loop's layer's method ``name``; on a per-call loop, the bridge's."""
+        if running_loop() in PER_CALL_LOOPS:
+            give_back = self._put_back if name == "receive" else None
+            return await self._sync.call(self._on_loop, name, *args, give_back=give_back)
+        return await getattr(self._get_layer(), name)(*args)
+
+    def _put_back(self, name: str, channel: str, message: Any) -> None:
+        # On the bridge's loop: a message its sync receiver gave up on (sync_bridge.py).
+        layer = self._layers.get(running_loop())
+        if layer is not None:
+            layer._put_back(channel, message)
+
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         layer = self._layers.pop(loop, None)
         if layer is not None:
@@ -141,34 +160,36 @@ class RedisPubSubChannelLayer:
     # as such, each forwarded to the current loop's layer (see _OnCurrentLoop).
     @_OnCurrentLoop
     async def new_channel(self, prefix: str = "specific.") -> str:
-        return await self._get_layer().new_channel(prefix)
+        return await self._on_loop("new_channel", prefix)
 
     @_OnCurrentLoop
     async def send(self, channel: str, message: Any) -> None:
-        await self._get_layer().send(channel, message)
+        await self._on_loop("send", channel, message)
 
     @_OnCurrentLoop
     async def receive(self, channel: str) -> Any:
-        return await self._get_layer().receive(channel)
+        return await self._on_loop("receive", channel)
 
     @_OnCurrentLoop
     async def group_add(self, group: str, channel: str) -> None:
-        await self._get_layer().group_add(group, channel)
+        await self._on_loop("group_add", group, channel)
 
     @_OnCurrentLoop
     async def group_discard(self, group: str, channel: str) -> None:
-        await self._get_layer().group_discard(group, channel)
+        await self._on_loop("group_discard", group, channel)
 
     @_OnCurrentLoop
     async def group_send(self, group: str, message: Any) -> None:
-        await self._get_layer().group_send(group, message)
+        await self._on_loop("group_send", group, message)
 
     @_OnCurrentLoop
     async def flush(self) -> None:
-        await self._get_layer().flush()
+        await self._on_loop("flush")
 
     async def close(self) -> None:
-        """Close this loop's connections now instead of when the loop closes."""
+        """Close this loop's connections now instead of when the loop closes (and the
+        sync callers' thread, unless called on it)."""
+        await self._sync.aclose()
         await self._close_loop(asyncio.get_running_loop())
 
 
@@ -426,6 +447,15 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
             if local is not None:
                 self._forget_waiter(local, waiter)
             raise
+
+    def _put_back(self, channel: str, message: Any) -> None:
+        """A message received for a sync caller who gave up before taking it (see
+        sync_bridge.py): back to the head of its channel, if that is still subscribed."""
+        local = self.channels.get(channel)
+        if local is None:
+            return  # freed meanwhile: like any message for a channel nobody listens to
+        local.buffer.put_front(message if type(message) is dict else self._serialize(message))
+        local.wake_one()
 
     @staticmethod
     def _forget_waiter(local: _LocalChannel, waiter: asyncio.Future | None) -> None:

@@ -47,6 +47,25 @@ class WorkQueueReturns:
     _background: set[asyncio.Task]
     serialize: Callable[[Any], bytes]
     _loop_connections: Callable[[], LoopConnections]
+    _wake: Callable[[str, int], None]
+
+    def _put_back(self, channel: str, message: dict) -> None:
+        """A message received for a sync caller who gave up before taking it (see
+        sync_bridge.py): back to the head of its buffer, for the next receiver."""
+        buffer = self.receive_buffer[channel]
+        buffer.put_front(message)
+        self.stats_counters["received"] -= 1
+        self._buffer_touched[channel] = time.time()
+        if "!" not in channel:
+            # A work queue's buffer and scores stay in step, so that a give-back to
+            # Redis returns exact bytes; this one gets fresh bytes at the head's score.
+            scores = self._work_scores.setdefault(channel, collections.deque())
+            if len(scores) == buffer.qsize() - 1:
+                key = self.prefix + channel
+                score = scores[0][1] if scores else time.time()
+                scores.appendleft((self.router.work_node(key), score, self.serialize(message)))
+            self._check_work_surplus(channel)
+        self._wake(channel, 1)
 
     def _waiting(self, channel: str) -> int:
         queue = self._waiters.get(channel)
