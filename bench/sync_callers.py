@@ -1,21 +1,27 @@
 """Sync callers: ``async_to_sync(layer.send)`` per call, as a WSGI view or Celery task does it.
 
-    python bench/sync_callers.py [--calls 300] [--runs 3]
+    python bench/sync_callers.py [--calls 300] [--runs 5] [--report-only]
 
-For both layers, over plain TCP and over TLS (self-signed RSA 2048, loopback), it prints
-calls per second and the connections the server saw opened, once with the sync bridge
-(sync_bridge.py) and once without it ("before": the per-call-loop check is switched off,
-so every call opens its own connection, as the layers did before the bridge), next to the
-``async_to_sync`` of a coroutine that does nothing (the floor). Best of ``--runs``.
-Private Redis servers are started on free loopback ports.
+For both layers and channels_redis core, ``send`` and ``group_send`` (a group of one
+member), over plain TCP and over TLS (self-signed RSA 2048, loopback): calls per second and
+the connections the server accepted (``INFO stats``). Our layers run twice: with the sync
+bridge (sync_bridge.py) and "before", with the per-call-loop check switched off, so that
+every call opens its own connection as the layers did before the bridge. Beside them, the
+``async_to_sync`` of a coroutine that does nothing (the floor), measured between the runs.
+Medians of ``--runs``. Then the verdicts against issue 22's targets; a missed one exits with
+status 1 unless ``--report-only``. Private Redis servers start on free loopback ports.
+channels-nats is not compared here: it needs a NATS server this machine does not have.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import ipaddress
 import os
+import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -72,68 +78,129 @@ def _bridge(enabled: bool) -> None:
     channels_redis_fast.pubsub.PER_CALL_LOOPS = loops  # type: ignore[attr-defined]
 
 
-def _measure(server: RedisServer, make: Callable[[], Any], calls: int, runs: int) -> tuple[float, int]:
-    best = 0.0
-    opened = 0
-    for _ in range(runs):
-        layer = make()
-        send = async_to_sync(layer.send)
-        before = server.client().info("stats")["total_connections_received"]
-        started = time.perf_counter()
-        for n in range(calls):
-            send("bench.sync", {"type": "bench", "n": n})
-        elapsed = time.perf_counter() - started
-        opened = server.client().info("stats")["total_connections_received"] - before
-        best = max(best, calls / elapsed)
-        closer = layer.close_pools if hasattr(type(layer), "close_pools") else layer.close
-        async_to_sync(closer)()
-        server.flushall()
-    return best, opened
+async def _nothing() -> None:
+    return None
 
 
-def _floor(calls: int, runs: int) -> float:
-    async def nothing() -> None:
+def _floor(calls: int) -> float:
+    call = async_to_sync(_nothing)
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return calls / (time.perf_counter() - started)
+
+
+def _close(layer: Any) -> None:
+    closer = layer.close_pools if hasattr(type(layer), "close_pools") else layer.close
+    async_to_sync(closer)()
+
+
+def _once(server: RedisServer, layer: Any, op: str, calls: int) -> tuple[float, int]:
+    if op == "send":
+        call = async_to_sync(layer.send)
+        target = "bench.sync"
+    else:
+        call = async_to_sync(layer.group_send)
+        target = "benchroom"
+        if "pubsub" not in type(layer).__module__:
+            # Pub/sub adds only channels of its own process; a PUBLISH costs the same
+            # whether anyone listens.
+            async_to_sync(layer.group_add)(target, "bench.member")
+    before = server.client().info("stats")["total_connections_received"]
+    started = time.perf_counter()
+    for n in range(calls):
+        call(target, {"type": "bench", "n": n})
+    elapsed = time.perf_counter() - started
+    opened = server.client().info("stats")["total_connections_received"] - before
+    return calls / elapsed, opened
+
+
+LAYERS = {
+    "channels_redis core": ("channels_redis.core", "RedisChannelLayer", None),
+    "this core, before": ("channels_redis_fast.core", "RedisChannelLayer", False),
+    "this core": ("channels_redis_fast.core", "RedisChannelLayer", True),
+    "this pubsub, before": ("channels_redis_fast.pubsub", "RedisPubSubChannelLayer", False),
+    "this pubsub": ("channels_redis_fast.pubsub", "RedisPubSubChannelLayer", True),
+}
+
+
+def _measure(label: str, server: RedisServer, host: Any, op: str, calls: int, runs: int,
+             floors: list[float]) -> tuple[float, int] | None:
+    module, name, bridge = LAYERS[label]
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError:
         return None
-
-    call = async_to_sync(nothing)
-    best = 0.0
+    if bridge is None:
+        # channels_redis 4.3 with redis-py 8 needs socket_timeout None (its issue 422).
+        host = {**host, "socket_timeout": None} if isinstance(host, dict) else {"address": host, "socket_timeout": None}
+    else:
+        _bridge(bridge)
+    rates, opened = [], 0
     for _ in range(runs):
-        started = time.perf_counter()
-        for _ in range(calls):
-            call()
-        best = max(best, calls / (time.perf_counter() - started))
-    return best
+        floors.append(_floor(calls))
+        layer = cls(hosts=[host], capacity=calls * 2)
+        try:
+            rate, opened = _once(server, layer, op, calls)
+        finally:
+            _close(layer)
+            server.flushall()
+        rates.append(rate)
+    _bridge(True)
+    return statistics.median(rates), opened
 
 
-def main() -> None:
+def _verdicts(rows: dict, floor: float, calls: int) -> list[tuple[str, bool]]:
+    out = []
+    for op in ("send", "group_send"):
+        for label in ("this core", "this pubsub"):
+            rate = rows[(label, op, "tcp")][0]
+            out.append((f"{label} {op} tcp: {rate / floor:.2f}x the floor (target 0.7x)", rate >= 0.7 * floor))
+            anchor = rows.get(("channels_redis core", op, "tls"))
+            if anchor:
+                ratio = rows[(label, op, "tls")][0] / anchor[0]
+                out.append((f"{label} {op} tls: {ratio:.0f}x channels_redis (target 20x)", ratio >= 20))
+    opened = max(v[1] for k, v in rows.items() if k[0] in ("this core", "this pubsub"))
+    out.append((f"connections opened by {calls} sync calls on one shard: at most {opened} (target 2 per 1,000)",
+                opened <= 2))
+    return out
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--report-only", action="store_true", help="exit 0 even if a target is missed")
     args = parser.parse_args()
+    rows: dict = {}
+    floors: list[float] = []
     with tempfile.TemporaryDirectory() as directory:
         plain = RedisServer()
         tls = RedisServer(tls=_self_signed(directory))
         try:
-            tls_host = {"address": tls.url, "ssl_cert_reqs": "none"}
-            print(f"async_to_sync no-op floor: {_floor(args.calls, args.runs):,.0f} calls/s")
-            print(f"{args.calls} x async_to_sync(layer.send), best of {args.runs}:")
-            print(f"{'layer':8} {'transport':9} {'before calls/s':>15} {'opened':>7} {'after calls/s':>14} {'opened':>7}")
-            for label, cls in (("core", channels_redis_fast.core.RedisChannelLayer),
-                               ("pubsub", channels_redis_fast.pubsub.RedisPubSubChannelLayer)):
-                for transport, server, host in (("tcp", plain, plain.url), ("tls", tls, tls_host)):
-                    def make(cls: Any = cls, host: Any = host) -> Any:
-                        return cls(hosts=[host], capacity=args.calls * 2)
-
-                    row = []
-                    for enabled in (False, True):
-                        _bridge(enabled)
-                        row += _measure(server, make, args.calls, args.runs)
-                    print(f"{label:8} {transport:9} {row[0]:15,.0f} {row[1]:7} {row[2]:14,.0f} {row[3]:7}")
+            transports = (("tcp", plain, plain.url), ("tls", tls, {"address": tls.url, "ssl_cert_reqs": "none"}))
+            for op in ("send", "group_send"):
+                for transport, server, host in transports:
+                    for label in LAYERS:
+                        result = _measure(label, server, host, op, args.calls, args.runs, floors)
+                        if result is not None:
+                            rows[(label, op, transport)] = result
         finally:
-            _bridge(True)
             plain.close()
             tls.close()
+    # Medians: other work on a shared machine moves single runs by 2x and more.
+    floor = statistics.median(floors)
+    print(f"{args.calls} x async_to_sync(...) per row, median of {args.runs}; "
+          f"async_to_sync no-op floor {floor:,.0f} calls/s (median of {len(floors)}, one before each run)")
+    print(f"{'layer':22} {'call':11} {'transport':9} {'calls/s':>8} {'opened':>7} {'x floor':>8}")
+    for (label, op, transport), (rate, opened) in rows.items():
+        print(f"{label:22} {op:11} {transport:9} {rate:8,.0f} {opened:7} {rate / floor:8.2f}")
+    missed = 0
+    for text, met in _verdicts(rows, floor, args.calls):
+        print(f"{'met   ' if met else 'MISSED'} {text}")
+        missed += not met
+    return 1 if missed and not args.report_only else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
