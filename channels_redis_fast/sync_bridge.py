@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -150,7 +151,15 @@ class SyncBridge:
         with call.lock:
             if call.abandoned:
                 return
-            task = call.task = asyncio.ensure_future(function(*call.args))
+            try:
+                task = call.task = asyncio.ensure_future(function(*call.args))
+            except Exception as exc:  # noqa: BLE001 - e.g. wrong arguments: the caller's error
+                failed: tuple[bool, Any] = (False, exc)
+                call.outcome = failed
+        if call.task is None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                call.caller.call_soon_threadsafe(_settle, call.future, failed)
+            return
         self._calls.add(task)
         task.add_done_callback(functools.partial(self._finish, call))
 
@@ -202,6 +211,9 @@ class SyncBridge:
         except BaseException:  # noqa: BLE001 - the loop must still close below
             logger.exception("The sync bridge's loop failed")
         finally:
+            with self._lock:
+                if self._loop is loop:  # ended without stop(): the next call starts afresh
+                    self._loop = self._thread = self._stopped = None
             try:
                 # The layers wrap close() (utils._wrap_close): they stop their pumps,
                 # hand back buffered work and close their sockets here first.

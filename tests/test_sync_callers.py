@@ -22,6 +22,7 @@ from channels.exceptions import ChannelFull
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.exceptions import InvalidMessageError
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
+from channels_redis_fast.sync_bridge import SyncBridge
 from channels_redis_fast.testing import RedisServer
 
 BRIDGE_THREAD = "channels_redis_fast-sync-bridge"
@@ -326,3 +327,22 @@ async def test_an_async_caller_on_a_long_lived_loop_does_not_use_the_bridge(kind
         await layer.flush()
         await layer.close()
     assert layer._sync.thread is None
+
+
+def test_a_call_that_fails_before_it_starts_reaches_its_caller():
+    class Owner:
+        _layers: dict = {}
+
+    bridge = SyncBridge(Owner())
+
+    def not_a_coroutine_function(value):
+        raise ValueError(f"refused {value}")
+
+    async def run():
+        return await bridge.call(not_a_coroutine_function, 7)
+
+    with pytest.raises(ValueError, match="refused 7"):
+        async_to_sync(run)()
+    assert bridge.thread is not None and bridge.thread.is_alive()
+    async_to_sync(bridge.aclose)()
+    assert bridge.thread is None
