@@ -325,7 +325,7 @@ class RedisChannelLayer(BaseChannelLayer):
         routes[channel] = route
         return route
 
-    def _received(self, local: LocalChannel, message: Any, general: bool) -> dict:
+    def _received(self, local: LocalChannel, message: dict, general: bool) -> dict:
         # No await between taking a message and returning it: a cancellation can only
         # land before the take (the message stays buffered) or after the return.
         if not general:
@@ -419,7 +419,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def _deliver_process_batch(self, flat: list) -> None:
         now = time.time()
         serializer = self._serializer
-        decode = serializer.deserialize
+        decode: Callable[[bytes], Any] | int = serializer.deserialize
         # Plain msgpack: pass the prefix length so demux decodes each member without a call.
         if type(serializer) is MsgPackSerializer and serializer.crypter is None:
             if type(serializer.random_prefix_length) is int:

@@ -224,7 +224,8 @@ class Shard:
         )
 
     def publish(self, channel: str, data: bytes) -> Awaitable[int]:
-        return self.publisher.execute("PUBLISH", channel, data)
+        receivers: Awaitable[int] = self.publisher.execute("PUBLISH", channel, data)
+        return receivers
 
     async def subscribe(self, name: str) -> None:
         self.wanted.add(name)

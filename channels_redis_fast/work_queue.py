@@ -180,7 +180,7 @@ class WorkQueue:
             args.append(score)
             args.append(member)
         connection = (commands or self.owner._loop_connections().commands)[index]
-        task = asyncio.ensure_future(connection.execute(*args))
+        task: asyncio.Task = asyncio.ensure_future(connection.execute(*args))
         self._background.add(task)
         task.add_done_callback(self._background_done)
         return task
