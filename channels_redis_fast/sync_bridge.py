@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import weakref
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -48,6 +48,8 @@ except (ImportError, AttributeError):  # pragma: no cover - every asgiref Channe
 
 #: Seconds interpreter exit waits for a bridge to close its connections.
 EXIT_TIMEOUT = 10.0
+
+_Result = TypeVar("_Result")
 
 
 class LoopOwner(Protocol):
@@ -107,10 +109,10 @@ class SyncBridge:
 
     async def call(
         self,
-        function: Callable[..., Awaitable[Any]],
+        function: Callable[..., Awaitable[_Result]],
         *args: Any,
         give_back: Callable[..., None] | None = None,
-    ) -> Any:
+    ) -> _Result:
         """``await function(*args)`` on the bridge's loop, waited for on the caller's.
 
         ``give_back(*args, result)`` runs on the bridge's loop if the caller is cancelled
@@ -124,7 +126,8 @@ class SyncBridge:
             loop = self._loop or self._start()
             loop.call_soon_threadsafe(self._begin, call, function)
         try:
-            return await future
+            result: _Result = await future
+            return result
         except asyncio.CancelledError:
             self._abandon(call, loop)
             raise
