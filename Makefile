@@ -17,11 +17,17 @@ test:
 
 # Side-by-side comparison with channels_redis (bench/run.py) on private Redis servers, with the
 # compiled extension required.  `make bench BENCH_ARGS="--quick --workloads stream,memory"`.
+# Then the sync callers' rows (bench/sync_callers.py), unless only some workloads were asked for.
 bench:
 	VENV="$(abspath $(VENV))" bash -c 'set -euo pipefail; source .ci/common.sh; cd "$$ROOT"; \
 		ensure_redis; ensure_venv; install_package "tests,bench"; \
-		section "python bench/run.py $(BENCH_ARGS)"; \
-		CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS=1 "$$VENV/bin/python" bench/run.py $(BENCH_ARGS)'
+		section "python bench/run.py $(BENCH_ARGS)"; status=0; \
+		CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS=1 "$$VENV/bin/python" bench/run.py $(BENCH_ARGS) || status=$$?; \
+		case " $(BENCH_ARGS) " in *" --workloads"*|*" --render-only"*) exit $$status;; esac; \
+		sync_args=""; case " $(BENCH_ARGS) " in *" --report-only "*) sync_args="--report-only";; esac; \
+		section "python bench/sync_callers.py $$sync_args"; \
+		CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS=1 "$$VENV/bin/python" bench/sync_callers.py $$sync_args || status=1; \
+		exit $$status'
 
 conformance:
 	VENV="$(abspath $(VENV))" FILES="$(FILES)" bash .ci/conformance.sh

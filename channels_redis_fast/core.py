@@ -36,9 +36,11 @@ from .loop_connections import LoopConnections
 from .routing import HashRing, Router
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
-from .speedups import CapacityMatcher, ChannelBuffer, demux_batch
+from .local_channel import EMPTY, LocalChannel, LocalChannels
+from .speedups import CapacityMatcher, demux_batch
+from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
-from .work_queue import GeneralChannelDelivery, WorkQueueReturns
+from .work_queue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ KEEP_EMPTY_BUFFERS = 4096
 ROUTE_CACHE_SIZE = 16384
 
 
-class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
+class RedisChannelLayer(BaseChannelLayer):
     """Redis channel layer, a drop-in for ``channels_redis.core.RedisChannelLayer``."""
 
     #: Seconds one blocking pop may wait before it is renewed.
@@ -111,21 +113,15 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         # Per event loop: sockets and pumps (see loop_connections.py).
         self._layers: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
         self._hooked_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        # Local delivery state, shared by whichever loop currently receives.
-        self.receive_buffer: dict[str, ChannelBuffer] = _ReceiveBuffers(capacity)
+        # Local delivery state, shared by whichever loop currently receives: one
+        # LocalChannel per channel (channels_redis's name for the dict of its buffers).
+        self.receive_buffer: dict[str, LocalChannel] = LocalChannels(capacity)
         self.receive_count = 0
         self.receive_event_loop: asyncio.AbstractEventLoop | None = None
         self.receive_lock = None  # kept for attribute compatibility; pumps need no lock
-        self._waiters: dict[str, list[asyncio.Future]] = {}
-        #: Channels with a message on its way to a receiver through its future.
-        self._handed_over: set[str] = set()
+        #: Redis key -> receivers waiting on it (a process key serves many channels).
         self._key_receivers: dict[str, int] = {}
-        # Work-queue channels only: the (score, member) each buffered message was popped
-        # with, so messages handed back to Redis keep their place in the queue.
-        self._work_scores: dict[str, collections.deque] = {}
-        self._give_back_timers: dict[str, asyncio.TimerHandle] = {}
-        self._giving_back: dict[str, asyncio.Future] = {}
-        self._buffer_touched: dict[str, float] = {}
+        self._work = WorkQueue(self, self.receive_buffer)
         self._next_sweep = 0.0
         self.reply_timeout = DEFAULT_REPLY_TIMEOUT
         self.stats_counters: collections.Counter[str] = collections.Counter()
@@ -133,10 +129,18 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         self._receive_routes: dict[str, tuple[str, str, bool]] = {}
         self._group_plans = GroupPlans()
         self.router.on_change(self._group_plans.clear)
-        self._background: set[asyncio.Task] = set()
+        #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
+        self._sync = SyncBridge(self)
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__}(hosts={self.hosts})"
+
+    def _forked(self) -> None:
+        # A forked child (Celery prefork, gunicorn --preload) must not read the process
+        # key of its parent or siblings: it gets channel names of its own.
+        self.client_prefix = uuid.uuid4().hex
+        self._own_suffix = self.client_prefix + "!"
+        self._receive_routes.clear()
 
     # -- serialization and naming ---------------------------------------------------
     def serialize(self, message: Any) -> bytes:
@@ -192,15 +196,16 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         state = self._layers.pop(loop, None)
         if state is not None:
-            await state.close(after_pumps=functools.partial(self._return_all_work, state.commands))
+            await state.close(after_pumps=functools.partial(self._work.return_all, state.commands))
 
     async def close_pools(self) -> None:
         """Close every socket this layer holds; it reconnects lazily if used again."""
+        await self._sync.aclose()
         current = asyncio.get_running_loop()
         for loop, state in list(self._layers.items()):
             del self._layers[loop]
             if loop is current:
-                await state.close(after_pumps=functools.partial(self._return_all_work, state.commands))
+                await state.close(after_pumps=functools.partial(self._work.return_all, state.commands))
             elif loop.is_closed() or not loop.is_running():
                 state.close_nowait()
             else:
@@ -216,12 +221,10 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
 
     def _fail_waiters(self, error: BaseException | None = None) -> None:
         """Make every waiting receive() raise ``error`` (a pump cannot serve them)."""
-        for queue in list(self._waiters.values()):
-            for waiter in queue:
-                if not waiter.done():
-                    waiter.set_exception(
-                        error or RedisConnectionError("The channel layer's connections were closed")
-                    )
+        error = error or RedisConnectionError("The channel layer's connections were closed")
+        for local in list(self.receive_buffer.values()):
+            if local.waiters:
+                local.fail(error)
 
     async def wait_received(self) -> None:
         """Kept for API compatibility: nothing is ever left in flight after a receive."""
@@ -235,6 +238,8 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     # -- send -----------------------------------------------------------------------
     async def send(self, channel: str, message: dict) -> None:
         """Send a message onto a (general or specific) channel."""
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.send, channel, message)
         self._check_message(message)
         if type(channel) is not str or channel not in self._valid_channels:
             self._valid_channels.require(channel)
@@ -281,13 +286,14 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         Cancelling it never loses a message: pops happen in the pump, and a message
         taken from a local buffer is returned with no await in between.
         """
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.receive, channel, give_back=self._put_back)
         route = self._receive_routes.get(channel) if type(channel) is str else None
         if route is None:
             route = self._receive_route(channel)
-        key, real_channel, general = route
-        buffer = self.receive_buffer.get(channel)
-        if buffer is not None and buffer.qsize():
-            return self._take(channel, buffer, general)
+        local = self.receive_buffer.get(channel)
+        if local is not None and local.buffer:
+            return self._received(local, local.take(), route[2])
         if self._cluster is not None:
             await self._cluster.ready()
         loop = running_loop()
@@ -296,43 +302,35 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         elif self.receive_event_loop is not loop:
             raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
         self.receive_count += 1
+        key, real_channel, general = route
         receivers = self._key_receivers
-        waiters = self._waiters
         try:
             while True:
-                waiter = loop.create_future()
-                queue = waiters.get(channel)
-                if queue is None:
-                    queue = waiters[channel] = [waiter]
-                else:
-                    queue.append(waiter)
+                # Wait as a receiver of this channel (and of its Redis key's pumps).
+                local = self.receive_buffer[channel]
+                waiter = loop.create_future()  # LocalChannel.wait, inlined (hot)
+                local.waiters.append(waiter)
                 others = receivers.get(key, 0)
                 receivers[key] = others + 1
-                cancelled = False
                 try:
                     if general:
-                        if channel in self._giving_back:
+                        giving_back = self._work.giving_back.get(channel)
+                        if giving_back is not None:
                             # Messages this process handed back are on their way to the
-                            # head of the queue: pop only after they are there, to keep
-                            # order.
-                            await asyncio.wait([self._giving_back[channel]])
+                            # head of the queue: pop only after they are there, in order.
+                            await asyncio.wait([giving_back])
                         self._start_pumps(key, real_channel, loop)
                     elif not others:
                         # A process channel's pumps run while anyone waits on its key.
                         self._start_pumps(key, real_channel, loop)
-                    message = await waiter
-                except (asyncio.CancelledError, GeneratorExit):
-                    if waiter.done() and not waiter.cancelled():
-                        # We were woken, maybe handed a message, but cancelled before
-                        # running: the message goes back to the head of the buffer and
-                        # the wake-up to the next receiver of this channel.
-                        if waiter.result() is not None:
-                            self._handed_over.discard(channel)
-                            self.stats_counters["received"] -= 1  # counted when handed
-                            self.receive_buffer[channel].put_front(waiter.result())
-                            self._buffer_touched[channel] = time.time()
-                        self._wake(channel, 1)
-                    cancelled = True
+                    await waiter
+                except BaseException:
+                    # Cancelled (or failed): a message handed to us goes back to the head
+                    # of the buffer, and our wake-up to the next receiver of this channel.
+                    local.forget(waiter)
+                    if general:
+                        self._work.check_surplus(local)
+                    self._drop_if_idle(local)
                     raise
                 finally:
                     left = receivers[key] - 1
@@ -340,26 +338,9 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                         receivers[key] = left
                     else:
                         del receivers[key]
-                    if len(queue) == 1:
-                        if waiters.get(channel) is queue:
-                            del waiters[channel]
-                    else:
-                        try:
-                            queue.remove(waiter)
-                        except ValueError:
-                            pass
-                    if cancelled:
-                        if general:
-                            self._check_work_surplus(channel)
-                        self._drop_if_idle(channel)
-                if message is not None:
-                    # Only process channels hand over, and their messages are shared
-                    # (see _take).
-                    self._handed_over.discard(channel)
-                    return dict(message)
-                buffer = self.receive_buffer.get(channel)
-                if buffer is not None and buffer.qsize():
-                    return self._take(channel, buffer, general)
+                message = local.claim(waiter)
+                if message is not EMPTY:
+                    return self._received(local, message, general)
         finally:
             self.receive_count -= 1
             if self.receive_count == 0:
@@ -384,24 +365,24 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         routes[channel] = route
         return route
 
-    def _take(self, channel: str, buffer: ChannelBuffer, general: bool) -> dict:
+    def _received(self, local: LocalChannel, message: dict, general: bool) -> dict:
         # No await between taking a message and returning it: a cancellation can only
         # land before the take (the message stays buffered) or after the return.
-        message = buffer.get_nowait()
-        if general:
-            scores = self._work_scores.get(channel)
-            if scores:
-                scores.popleft()
-        else:
+        if not general:
             # Channels of one process share the dict of a bundled group message
             # (demux_batch): each receiver gets its own copy as it takes one.
             message = dict(message)
-        if not buffer.qsize() and channel not in self._waiters:
-            del self.receive_buffer[channel]
-            self._buffer_touched.pop(channel, None)
-            self._work_scores.pop(channel, None)
+        # An emptied channel stays for its receiver's next wait (a new one per message
+        # costs more than keeping it) while few are held; the next sweep drops it if
+        # that receiver does not come back.
+        if len(self.receive_buffer) > KEEP_EMPTY_BUFFERS:
+            self._drop_if_idle(local)
         self.stats_counters["received"] += 1
         return message
+
+    def _buffered(self, channel: str) -> int:
+        local = self.receive_buffer.get(channel)
+        return len(local.buffer) if local is not None else 0
 
     def _start_pumps(self, key: str, real_channel: str, loop: asyncio.AbstractEventLoop) -> None:
         state = self._layers.get(loop)
@@ -434,7 +415,7 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         pumps = []
         for node in self.router.pump_nodes(key):
             on_batch = (
-                GeneralChannelDelivery(self, real_channel, key, node)
+                functools.partial(self._deliver_work_batch, real_channel, node)
                 if general
                 else self._deliver_process_batch
             )
@@ -473,20 +454,26 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         """
         if len(self._layers) != 1 or self.receive_event_loop not in (None, loop):
             return False
-        return not any(map(len, self.receive_buffer.values()))
+        return not any(local.buffer for local in self.receive_buffer.values())
 
     def _deliver_process_batch(self, flat: list) -> None:
         now = time.time()
         serializer = self._serializer
-        decode = serializer.deserialize
+        decode: Callable[[bytes], Any] | int = serializer.deserialize
         # Plain msgpack: pass the prefix length so demux decodes each member without a call.
         if type(serializer) is MsgPackSerializer and serializer.crypter is None:
             if type(serializer.random_prefix_length) is int:
                 decode = serializer.random_prefix_length
-        touched, malformed, expired = demux_batch(
-            flat, decode, self.receive_buffer, self.capacity, now - self.expiry
-        )
+        # demux_batch puts into existing channels through their put_nowait, and makes a
+        # plain ChannelBuffer for a new one (_after_batch wraps it in a LocalChannel).
+        buffers: dict[str, Any] = self.receive_buffer
+        touched, malformed, expired = demux_batch(flat, decode, buffers, self.capacity, now - self.expiry)
         self._after_batch(touched, malformed, expired, now, hand_over=True)
+
+    def _deliver_work_batch(self, channel: str, index: int, flat: list) -> None:
+        now = time.time()
+        touched, malformed, expired = self._work.put_batch(channel, index, flat, now)
+        self._after_batch(touched, malformed, expired, now)
 
     def _after_batch(
         self, touched: list, malformed: list, expired: int, now: float, hand_over: bool = False
@@ -502,81 +489,78 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
                 )
         if expired:
             self.stats_counters["expired"] += expired
-        touched_at = self._buffer_touched
-        buffers = self.receive_buffer
-        waiters = self._waiters
-        handed_over = self._handed_over
-        handed = 0
-        # Checked once per batch: deleting only ever brings the count down.
-        keep_emptied = len(buffers) <= KEEP_EMPTY_BUFFERS
+        channels = self.receive_buffer
         for channel in touched:
-            buffer = buffers[channel]
-            queue = waiters.get(channel)
-            if queue:
-                if hand_over and channel not in handed_over:
-                    # Process channels: a waiting receiver gets its message through its
-                    # future, which saves it a trip through the buffer. One at a time, so
-                    # that a receiver cancelled before it runs can put its message back
-                    # at the head without reordering.
-                    for waiter in queue:
-                        if not waiter.done():
-                            waiter.set_result(buffer.get_nowait())
-                            handed_over.add(channel)
-                            handed += 1
-                            break
-                    left = buffer.qsize()
-                    if not left and not keep_emptied:
-                        del buffers[channel]
-                        touched_at.pop(channel, None)
-                        continue
-                else:
-                    left = buffer.qsize()
-                if left:
-                    self._wake(channel, left)
-            touched_at[channel] = now
-        if handed:
-            self.stats_counters["received"] += handed
+            local: Any = channels[channel]
+            if type(local) is not LocalChannel:
+                # A buffer demux_batch made for a channel nobody received on yet.
+                local = channels[channel] = LocalChannel(channel, self.capacity, local)
+            local.touched = now
+            if local.waiters:
+                # Process channels: a waiting receiver gets its message straight away
+                # (see LocalChannel.hand_over); the others are woken to take the rest.
+                if hand_over and local.handed_to is None:
+                    local.hand_over()
+                if local.buffer:
+                    local.wake(len(local.buffer))
         if now >= self._next_sweep:
             self._sweep_buffers(now)
 
-    def _wake(self, channel: str, count: int) -> None:
-        queue = self._waiters.get(channel)
-        if not queue:
-            return
-        for waiter in queue:
-            if count <= 0:
-                break
-            if not waiter.done():
-                waiter.set_result(None)
-                count -= 1
+    def _put_back(self, channel: str, message: dict) -> None:
+        """A message received for a sync caller who gave up before taking it (see
+        sync_bridge.py): back to the head of its channel, for the next receiver."""
+        local = self.receive_buffer[channel]
+        local.put_back(message)
+        self.stats_counters["received"] -= 1
+        local.touched = time.time()
+        if "!" not in channel:
+            # A work queue's buffer and scores stay in step, so that a give-back to
+            # Redis returns exact bytes; this one gets fresh bytes at the head's score.
+            scores = local.scores
+            if scores is None:
+                scores = local.scores = collections.deque()
+            if len(scores) == len(local.buffer) - 1:
+                key = self.prefix + channel
+                score = scores[0][1] if scores else time.time()
+                scores.appendleft((self.router.work_node(key), score, self.serialize(message)))
+            self._work.check_surplus(local)
+        local.wake(1)
 
-    def _drop_if_idle(self, channel: str) -> None:
-        """Forget an empty buffer nobody waits on (its consumer went away)."""
-        buffer = self.receive_buffer.get(channel)
-        if buffer is not None and not buffer.qsize() and channel not in self._waiters:
-            del self.receive_buffer[channel]
-            self._buffer_touched.pop(channel, None)
-            self._work_scores.pop(channel, None)
+    def _drop_if_idle(self, local: LocalChannel) -> None:
+        """Forget an empty channel nobody waits on (its consumer went away)."""
+        if local.is_idle() and self.receive_buffer.get(local.name) is local:
+            del self.receive_buffer[local.name]
 
     def _sweep_buffers(self, now: float) -> None:
-        # Empty buffers nobody waits on, and buffers of channels nobody receives on any
-        # more (a consumer that went away) once they hold only expired messages: drop
-        # them, so memory does not grow with channel churn.
+        # Empty channels nobody waits on, and channels nobody receives on any more (a
+        # consumer that went away) once they hold only expired messages: drop them, so
+        # memory does not grow with channel churn.
         self._next_sweep = now + SWEEP_INTERVAL
         stale = now - self.expiry
-        buffers = self.receive_buffer
-        waiters = self._waiters
-        for channel, touched in list(self._buffer_touched.items()):
-            if channel in waiters:
+        channels = self.receive_buffer
+        for channel, local in list(channels.items()):
+            if local.in_use():
                 continue
-            buffer = buffers.get(channel)
-            if buffer is None or not buffer.qsize() or touched < stale:
-                buffers.pop(channel, None)
-                self._work_scores.pop(channel, None)
-                del self._buffer_touched[channel]
+            if not local.buffer or 0 < local.touched < stale:
+                del channels[channel]
+
+    def _forget_buffers(self) -> None:
+        """Drop every buffered message (flush); receivers still waiting keep their channel."""
+        for channel, local in list(self.receive_buffer.items()):
+            if local.give_back_timer is not None:
+                local.give_back_timer.cancel()
+                local.give_back_timer = None
+            if local.in_use():
+                while local.buffer:
+                    local.take()
+                local.scores = None
+            else:
+                del self.receive_buffer[channel]
 
     # -- groups ---------------------------------------------------------------------
     async def group_add(self, group: str, channel: str) -> None:
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.group_add, group, channel)
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         key = self._group_key(group)
@@ -584,22 +568,28 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
         # A script, so that a Redis out of memory refuses the ZADD and the EXPIRE alike.
         args = [time.time(), channel, max(1, math.ceil(self.group_expiry))]
         if self._cluster is not None:
-            return await self._cluster.script(group_add_script, [key], args)
+            await self._cluster.script(group_add_script, [key], args)
+            return
         await group_add_script(self._loop_connections().commands[self.router.node_of(key)], [key], args)
 
     async def group_discard(self, group: str, channel: str) -> None:
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.group_discard, group, channel)
         self.require_valid_group_name(group)
         self._valid_channels.require(channel)
         self._group_plans.pop(group, None)
         key = self._group_key(group)
         if self._cluster is not None:
-            return await self._cluster.execute(key, "ZREM", key, channel)
+            await self._cluster.execute(key, "ZREM", key, channel)
+            return
         await self._loop_connections().commands[self.router.node_of(key)].execute("ZREM", key, channel)
 
     async def group_send(self, group: str, message: dict) -> None:
         """Send to every channel of a group. With a remembered plan (see group_plan.py):
         one script on the group's node that checks the members and writes that node's
         part, then one script per other destination node. Otherwise one read first."""
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.group_send, group, message)
         self.require_valid_group_name(group)
         self._check_message(message)
         if self._cluster is not None:
@@ -668,30 +658,15 @@ class RedisChannelLayer(WorkQueueReturns, BaseChannelLayer):
     # -- flush ----------------------------------------------------------------------
     async def flush(self) -> None:
         """Delete this layer's keys (SCAN, never KEYS) and close the connections."""
+        if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
+            return await self._sync.call(self.flush)
         if self._cluster is not None:
             await self._cluster.ready()
         state, per_key = self._loop_connections(), self._cluster is not None  # (CROSSSLOT)
         await asyncio.gather(*[flush_node(state.commands[node], self.prefix, per_key) for node in self.router.nodes])
-        self.receive_buffer.clear()
+        self._forget_buffers()
         self._group_plans.clear()
-        self._buffer_touched.clear()
-        self._work_scores.clear()
-        for timer in self._give_back_timers.values():
-            timer.cancel()
-        self._give_back_timers.clear()
         await self.close_pools()
-
-
-class _ReceiveBuffers(dict):
-    """channel name -> ChannelBuffer, made on first use with the layer's capacity."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def __missing__(self, channel: str) -> ChannelBuffer:
-        buffer = self[channel] = ChannelBuffer(self.capacity)
-        return buffer
 
 
 def _members_matched(reply: Any) -> bool:

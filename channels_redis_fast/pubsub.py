@@ -23,7 +23,6 @@ nobody listens. What differs is underneath:
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import time
@@ -35,9 +34,10 @@ from channels.layers import BaseChannelLayer
 
 from .connection import DEFAULT_REPLY_TIMEOUT
 from .exceptions import InvalidMessageError
+from .local_channel import EMPTY, LocalChannel
 from .serializers import registry
-from .speedups import ChannelBuffer
 from .subscriber import Shard
+from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
 from .cluster_config import cluster_config
 from .routing import HashRing
@@ -73,10 +73,13 @@ class _OnCurrentLoop:
         if proxy is None:
             return self.forward
         try:
-            layer = proxy._layers[running_loop()]
+            loop = running_loop()
+            layer = proxy._layers[loop]
         except RuntimeError:
             return types.MethodType(self.forward, proxy)
         except KeyError:
+            if loop in PER_CALL_LOOPS:  # a sync caller's loop: the proxy's bridged method
+                return types.MethodType(self.forward, proxy)
             layer = proxy._get_layer()
         return getattr(layer, self.name)
 
@@ -114,12 +117,14 @@ class RedisPubSubChannelLayer:
         self._serializer = registry.get_serializer(
             serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
         )
+        #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
+        self._sync = SyncBridge(self)
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (prefix, channels, groups, _shards, dropped, ...) lives on the
         # current loop's layer, as in channels_redis. Guard our own attributes so a
         # half-built or unpickled object cannot recurse here.
-        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_serializer"):
+        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_serializer", "_sync"):
             raise AttributeError(name)
         return getattr(self._get_layer(), name)
 
@@ -139,6 +144,19 @@ class RedisPubSubChannelLayer:
             _wrap_close(self, loop)
         return layer
 
+    async def _on_loop(self, name: str, *args: Any) -> Any:
+        """The current loop's layer's method ``name``; on a per-call loop, the bridge's."""
+        if running_loop() in PER_CALL_LOOPS:
+            give_back = self._put_back if name == "receive" else None
+            return await self._sync.call(self._on_loop, name, *args, give_back=give_back)
+        return await getattr(self._get_layer(), name)(*args)
+
+    def _put_back(self, name: str, channel: str, message: Any) -> None:
+        # On the bridge's loop: a message its sync receiver gave up on (sync_bridge.py).
+        layer = self._layers.get(running_loop())
+        if layer is not None:
+            layer._put_back(channel, message)
+
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         layer = self._layers.pop(loop, None)
         if layer is not None:
@@ -148,89 +166,49 @@ class RedisPubSubChannelLayer:
     # as such, each forwarded to the current loop's layer (see _OnCurrentLoop).
     @_OnCurrentLoop
     async def new_channel(self, prefix: str = "specific.") -> str:
-        return await self._get_layer().new_channel(prefix)
+        name: str = await self._on_loop("new_channel", prefix)
+        return name
 
     @_OnCurrentLoop
     async def send(self, channel: str, message: Any) -> None:
-        await self._get_layer().send(channel, message)
+        await self._on_loop("send", channel, message)
 
     @_OnCurrentLoop
     async def receive(self, channel: str) -> Any:
-        return await self._get_layer().receive(channel)
+        return await self._on_loop("receive", channel)
 
     @_OnCurrentLoop
     async def group_add(self, group: str, channel: str) -> None:
-        await self._get_layer().group_add(group, channel)
+        await self._on_loop("group_add", group, channel)
 
     @_OnCurrentLoop
     async def group_discard(self, group: str, channel: str) -> None:
-        await self._get_layer().group_discard(group, channel)
+        await self._on_loop("group_discard", group, channel)
 
     @_OnCurrentLoop
     async def group_send(self, group: str, message: Any) -> None:
-        await self._get_layer().group_send(group, message)
+        await self._on_loop("group_send", group, message)
 
     @_OnCurrentLoop
     async def flush(self) -> None:
-        await self._get_layer().flush()
+        await self._on_loop("flush")
 
     async def close(self) -> None:
-        """Close this loop's connections now instead of when the loop closes."""
+        """Close this loop's connections now instead of when the loop closes (and the
+        sync callers' thread, unless called on it)."""
+        await self._sync.aclose()
         await self._close_loop(asyncio.get_running_loop())
 
 
-class _LocalChannel:
-    """A subscribed channel in this process: its bounded buffer and waiting receivers."""
+class _LocalChannel(LocalChannel):
+    """A subscribed channel in this process (see local_channel.py), and its groups."""
 
-    __slots__ = ("name", "buffer", "waiters", "groups", "handed", "woken")
+    __slots__ = ("groups",)
 
     def __init__(self, name: str, capacity: int) -> None:
-        self.name = name
-        self.buffer = ChannelBuffer(capacity)
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        super().__init__(name, capacity)
         #: Group channel names this channel belongs to, so freeing it can leave them.
         self.groups: set[str] = set()
-        #: A message is on its way to a receiver through its future (see put).
-        self.handed = False
-        #: Receivers woken to look at the buffer that have not run yet.
-        self.woken = 0
-
-    def put(self, item: Any) -> bool:
-        """Deliver ``item`` (bytes, or a decoded message to copy); True if one was dropped.
-
-        A receiver waiting on an empty buffer is handed the item through its future,
-        which saves a buffer round trip per delivery. Its receive() puts the item back
-        at the head if it is cancelled before it runs; so that this keeps the order,
-        only one item at a time is handed over, and the rest wait in the buffer.
-        """
-        waiters = self.waiters
-        buffer = self.buffer
-        if waiters and not buffer and not self.handed:
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(item)
-                    self.handed = True
-                    return False
-        dropped = buffer.full()
-        buffer.put_nowait(item)
-        if waiters:
-            self.wake_one()
-        return dropped
-
-    def wake_one(self) -> None:
-        """Wake a receiver to look at the buffer (its future's result is None)."""
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                self.woken += 1
-                return
-
-    def in_use(self) -> bool:
-        """Does any receiver wait here, or has one been woken that has not run yet?"""
-        return bool(self.waiters) or self.handed or self.woken > 0
 
 
 class RedisPubSubLoopLayer(BaseChannelLayer):
@@ -407,51 +385,38 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
                 # No await between taking a message and returning it: a cancellation
                 # can never lose one that left the buffer.
                 if local.buffer:
-                    item = local.buffer.get_nowait()
+                    item = local.take()
                 else:
                     if self.channels.get(channel) is not local:
                         # Freed while we were being woken (another receiver was cancelled).
                         local = await self._subscribe_channel(channel)
                         continue
-                    waiter = self.loop.create_future()
+                    waiter = self.loop.create_future()  # LocalChannel.wait, inlined
                     local.waiters.append(waiter)
-                    item = await waiter
+                    await waiter
+                    item = local.claim(waiter)
                     waiter = None
-                    if item is None:  # woken to look at the buffer
-                        local.woken -= 1
+                    if item is EMPTY:  # another receiver took it first
                         continue
-                    local.handed = False
                 # A dict is a group message decoded once for all members (_decode_once).
                 return item.copy() if type(item) is dict else self._deserialize(item)
-        except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+        except BaseException as exc:
             if local is not None:
-                self._forget_waiter(local, waiter)
-                if not local.in_use() and self.channels.get(channel) is local:
+                if waiter is not None:
+                    local.forget(waiter)
+                cancelled = isinstance(exc, (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit))
+                if cancelled and not local.in_use() and self.channels.get(channel) is local:
                     self._free_channel(local)
             raise
-        except BaseException:
-            if local is not None:
-                self._forget_waiter(local, waiter)
-            raise
 
-    @staticmethod
-    def _forget_waiter(local: _LocalChannel, waiter: asyncio.Future | None) -> None:
-        if waiter is None:
-            return
-        try:
-            local.waiters.remove(waiter)
-        except ValueError:
-            # Already woken. A message handed over goes back to the head of the buffer,
-            # and the wake-up passes to the next receiver of this channel.
-            if waiter.cancelled():
-                pass
-            elif waiter.result() is None:
-                local.woken -= 1
-            else:
-                local.handed = False
-                local.buffer.put_front(waiter.result())
-            if local.buffer:
-                local.wake_one()
+    def _put_back(self, channel: str, message: Any) -> None:
+        """A message received for a sync caller who gave up before taking it (see
+        sync_bridge.py): back to the head of its channel, if that is still subscribed."""
+        local = self.channels.get(channel)
+        if local is None:
+            return  # freed meanwhile: like any message for a channel nobody listens to
+        local.put_back(message if type(message) is dict else self._serialize(message))
+        local.wake(1)
 
     def _free_channel(self, local: _LocalChannel) -> None:
         """Drop a channel, its buffer and its group memberships; UNSUBSCRIBE, not awaited."""

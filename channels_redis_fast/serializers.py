@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from .speedups import pack_message, random_prefix, unpack_message
 
@@ -258,6 +258,14 @@ class MsgPackSerializer(BaseMessageSerializer):
         return super().deserialize(message)
 
 
+class MessageSerializer(Protocol):
+    """What a layer needs of a serializer (registered classes need not subclass anything)."""
+
+    def serialize(self, message: Any) -> bytes: ...
+
+    def deserialize(self, message: bytes) -> Any: ...
+
+
 class SerializersRegistry:
     """Serializer classes by format name; ``get_serializer`` makes instances."""
 
@@ -278,12 +286,13 @@ class SerializersRegistry:
             )
         self._registry[format] = serializer_class
 
-    def get_serializer(self, format: Any, *args: Any, **kwargs: Any) -> Any:
+    def get_serializer(self, format: Any, *args: Any, **kwargs: Any) -> MessageSerializer:
         try:
             serializer_class = self._registry[format]
         except KeyError:
             raise SerializerDoesNotExist(format)
-        return serializer_class(*args, **kwargs)
+        serializer: MessageSerializer = serializer_class(*args, **kwargs)
+        return serializer
 
 
 registry = SerializersRegistry()

@@ -130,15 +130,17 @@ class SubscriberProtocol(RedisProtocol):
                     if len(targets) > 1:
                         payload = decode_once(payload)
                     for local in targets:
-                        # put()'s hand-over, inlined for the common case of a burst:
-                        # one receiver waiting on an empty buffer.
+                        # LocalChannel.put's hand-over (local_channel.py), inlined for
+                        # the common case of a burst, one receiver waiting on an empty
+                        # buffer: the call was ~7% of a pub/sub group delivery.
                         waiters = local.waiters
-                        if waiters and not local.handed and not local.buffer:
+                        if waiters and local.handed_to is None and not local.buffer:
                             waiter = waiters[0]
                             if not waiter.done():
                                 waiters.popleft()
-                                waiter.set_result(payload)
-                                local.handed = True
+                                local.handed_to = waiter
+                                local.handed_item = payload
+                                waiter.set_result(None)
                                 continue
                         if local.put(payload):
                             dropped += 1
@@ -222,7 +224,8 @@ class Shard:
         )
 
     def publish(self, channel: str, data: bytes) -> Awaitable[int]:
-        return self.publisher.execute("PUBLISH", channel, data)
+        receivers: Awaitable[int] = self.publisher.execute("PUBLISH", channel, data)
+        return receivers
 
     async def subscribe(self, name: str) -> None:
         self.wanted.add(name)

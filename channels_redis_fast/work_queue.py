@@ -5,6 +5,8 @@ as many messages as local receivers wait for. A message popped for a receiver th
 cancelled before it takes it waits WORK_GRACE seconds for another local receiver, then
 goes back to Redis with its original score and bytes, ahead of anything sent since, so
 another process gets it and the queue keeps its order.
+
+Nothing here imports a layer: the core layer is reached through :class:`WorkQueueOwner`.
 """
 
 from __future__ import annotations
@@ -13,114 +15,157 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
-
-from .routing import Router
+from typing import Any, Protocol
 
 from .exceptions import RESERVED_KEY
+from .local_channel import LocalChannel
+from .loop_connections import LoopConnections
+from .routing import Router
 
-if TYPE_CHECKING:
-    from .loop_connections import LoopConnections
-    from .speedups import ChannelBuffer
+logger = logging.getLogger(__name__)
 
-logger = logging.getLogger("channels_redis_fast.core")
+__all__ = ["WORK_GRACE", "WorkQueue", "WorkQueueOwner"]
 
 #: Seconds popped work-queue messages wait in a local buffer for a receiver of this
 #: process before they are handed back to Redis for other processes.
 WORK_GRACE = 0.5
 
 
-class WorkQueueReturns:
-    """The core layer's give-back of popped work-queue messages (a mixin)."""
+class WorkQueueOwner(Protocol):
+    """What the work queue needs from its layer."""
 
-    # The layer's state this mixin works on (set by RedisChannelLayer.__init__); declared
-    # here, not imported, so that this module never imports the layer.
     prefix: str
-    receive_buffer: dict[str, ChannelBuffer]
-    stats_counters: collections.Counter[str]
-    _waiters: dict[str, list[asyncio.Future]]
-    _work_scores: dict[str, collections.deque]
-    _give_back_timers: dict[str, asyncio.TimerHandle]
-    _giving_back: dict[str, asyncio.Future]
-    _buffer_touched: dict[str, float]
     router: Router
     _cluster: Any  # cluster_commands.ClusterCommands on a Redis Cluster, else None
-    _background: set[asyncio.Task]
-    serialize: Callable[[Any], bytes]
-    _loop_connections: Callable[[], LoopConnections]
+    stats_counters: collections.Counter[str]
 
-    def _waiting(self, channel: str) -> int:
-        queue = self._waiters.get(channel)
-        return sum(1 for waiter in queue if not waiter.done()) if queue else 0
+    @property
+    def expiry(self) -> float: ...
 
-    def _buffered(self, channel: str) -> int:
-        buffer = self.receive_buffer.get(channel)
-        return buffer.qsize() if buffer is not None else 0
+    def serialize(self, message: Any) -> bytes: ...
 
-    def _check_work_surplus(self, channel: str) -> None:
+    def deserialize(self, message: bytes) -> Any: ...
+
+    def _loop_connections(self) -> LoopConnections: ...
+
+
+class WorkQueue:
+    """The layer's general channels: popped batches in, unclaimed messages back to Redis."""
+
+    def __init__(self, owner: WorkQueueOwner, channels: dict[str, LocalChannel]) -> None:
+        self.owner = owner
+        #: The layer's local channels (its receive_buffer); general ones are read here.
+        self.channels = channels
+        #: channel -> the ZADDs handing its messages back, while they are on their way.
+        self.giving_back: dict[str, asyncio.Future] = {}
+        self._background: set[asyncio.Task] = set()
+
+    # -- popped batches in ------------------------------------------------------------
+    def put_batch(self, channel: str, index: int, flat: list, now: float) -> tuple[list, list, int]:
+        """Buffer a batch popped from shard ``index``: ``(touched, malformed, expired)``."""
+        owner = self.owner
+        cutoff = now - owner.expiry
+        local = self.channels[channel]
+        buffer = local.buffer
+        malformed = []
+        expired = 0
+        scores = local.scores
+        if scores is None:
+            scores = local.scores = collections.deque()
+        for i in range(0, len(flat), 2):
+            member, score = flat[i], float(flat[i + 1])
+            if score < cutoff:
+                expired += 1
+                continue
+            try:
+                message = owner.deserialize(member)
+                if not isinstance(message, dict):
+                    raise ValueError(f"payload is a {type(message).__name__}, not a dict")
+            except Exception as exc:  # noqa: BLE001 - reported, never raised out of the batch
+                malformed.append((member, exc))
+                continue
+            message.pop(RESERVED_KEY, None)
+            if buffer.full() and scores:
+                scores.popleft()  # the buffer drops its oldest message too
+            buffer.put_nowait(message)
+            scores.append((index, score, member))
+        # More than the receivers waiting here (one was cancelled while its pop was on
+        # the wire): give it a moment to come back, then hand the rest back to Redis.
+        self.check_surplus(local)
+        if buffer:
+            return [channel], malformed, expired
+        if local.is_idle():
+            del self.channels[channel]
+        return [], malformed, expired
+
+    # -- unclaimed messages back --------------------------------------------------------
+    def check_surplus(self, local: LocalChannel) -> None:
         """Schedule a give-back if a work queue holds more than its waiting receivers take."""
-        if self._buffered(channel) > self._waiting(channel) and channel not in self._give_back_timers:
-            self._give_back_timers[channel] = asyncio.get_running_loop().call_later(
-                WORK_GRACE, self._give_back_if_unclaimed, channel
+        if local.give_back_timer is None and len(local.buffer) > local.waiting():
+            local.give_back_timer = asyncio.get_running_loop().call_later(
+                WORK_GRACE, self._give_back_if_unclaimed, local
             )
 
-    def _give_back_if_unclaimed(self, channel: str) -> None:
-        self._give_back_timers.pop(channel, None)
-        if channel in self._waiters:
-            self._check_work_surplus(channel)
+    def _give_back_if_unclaimed(self, local: LocalChannel) -> None:
+        local.give_back_timer = None
+        if self.channels.get(local.name) is not local:
+            return  # forgotten since, with nothing left in it
+        if local.in_use():
+            self.check_surplus(local)
         else:
-            self._return_buffered(channel)
+            self.return_buffered(local)
 
-    async def _return_all_work(self, commands: list) -> None:
+    async def return_all(self, commands: list) -> None:
         """Hand every buffered work-queue message back to Redis, and wait until it is there.
 
         Runs when a loop's connections close (close_pools, or the loop itself closing, as
         at the end of ``runworker`` or ``async_to_sync``): the last pops may have brought
         messages that no receiver took, and the give-back timer would never fire.
         """
-        for channel in [name for name in self.receive_buffer if "!" not in name]:
-            timer = self._give_back_timers.pop(channel, None)
-            if timer is not None:
-                timer.cancel()
-            self._return_buffered(channel, commands)
-        pending = list(self._giving_back.values())
+        for local in [local for name, local in self.channels.items() if "!" not in name]:
+            if local.give_back_timer is not None:
+                local.give_back_timer.cancel()
+                local.give_back_timer = None
+            self.return_buffered(local, commands)
+        pending = list(self.giving_back.values())
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _return_buffered(self, channel: str, commands: list | None = None) -> None:
+    def return_buffered(self, local: LocalChannel, commands: list | None = None) -> None:
         # Nobody here received them within WORK_GRACE: put popped work-queue messages
         # back in Redis for other processes rather than hold them for a receiver that
         # may never come.
-        buffer = self.receive_buffer.pop(channel, None)
-        self._buffer_touched.pop(channel, None)
-        scores = self._work_scores.pop(channel, None)
-        if buffer is None or not buffer.qsize():
+        channel = local.name
+        if self.channels.get(channel) is local and not local.in_use():
+            del self.channels[channel]
+        buffer, scores = local.buffer, local.scores
+        count = len(buffer)
+        local.scores = None
+        if not count:
             return
-        if scores is not None and len(scores) == buffer.qsize():
+        key = self.owner.prefix + channel
+        if scores is not None and len(scores) == count:
             # The very bytes and scores they were popped with: they go back to the
             # head of the queue, ahead of anything sent since.
+            for _ in range(count):
+                buffer.get_nowait()
             by_shard: dict[int, list] = {}
             for index, score, member in scores:
                 by_shard.setdefault(index, []).append((score, member))
-            returns = [
-                self._give_back(index, self.prefix + channel, pairs, commands)
-                for index, pairs in by_shard.items()
-            ]
-            self._track_give_back(channel, returns)
+            returns = [self._give_back(index, key, pairs, commands) for index, pairs in by_shard.items()]
+            self._track(channel, returns)
             return
         now = time.time()  # pragma: no cover - only if the two ever disagree
-        pairs = [(now, self.serialize(buffer.get_nowait())) for _ in range(buffer.qsize())]
-        key = self.prefix + channel
-        returned = self._give_back(self.router.work_node(key), key, pairs, commands)
-        self._track_give_back(channel, [returned])
+        pairs = [(now, self.owner.serialize(buffer.get_nowait())) for _ in range(count)]
+        self._track(channel, [self._give_back(self.owner.router.work_node(key), key, pairs, commands)])
 
-    def _track_give_back(self, channel: str, returns: list) -> None:
+    def _track(self, channel: str, returns: list) -> None:
         done = asyncio.gather(*returns, return_exceptions=True)
-        self._giving_back[channel] = done
+        self.giving_back[channel] = done
 
         def forget(future: asyncio.Future) -> None:
-            if self._giving_back.get(channel) is future:
-                del self._giving_back[channel]
+            if self.giving_back.get(channel) is future:
+                del self.giving_back[channel]
 
         done.add_done_callback(forget)
 
@@ -130,14 +175,15 @@ class WorkQueueReturns:
         ``commands``: the connections to use, when the loop's are closing (not yet
         closed, but no longer the loop's current set).
         """
-        self.stats_counters["returned"] += len(pairs)
+        self.owner.stats_counters["returned"] += len(pairs)
         args: list = ["ZADD", key]
         for score, member in pairs:
             args.append(score)
             args.append(member)
-        commands = commands or self._loop_connections().commands
-        if self._cluster is not None:  # to the key's node now: its slot may have moved
-            task = asyncio.ensure_future(self._cluster.execute_via(commands, key, *args))
+        commands = commands or self.owner._loop_connections().commands
+        task: asyncio.Task
+        if self.owner._cluster is not None:  # to the key's node now: its slot may have moved
+            task = asyncio.ensure_future(self.owner._cluster.execute_via(commands, key, *args))
         else:
             task = asyncio.ensure_future(commands[index].execute(*args))
         self._background.add(task)
@@ -148,56 +194,3 @@ class WorkQueueReturns:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("Could not return messages to Redis: %s", task.exception())
-
-
-class GeneralChannelDelivery:
-    """Batch handler for a general (work-queue) channel on one shard.
-
-    Popped messages wait in the local buffer for this process's receivers; any that
-    no receiver claims within WORK_GRACE go back to Redis with their original score
-    and bytes, so other processes get them, in order.
-    """
-
-    __slots__ = ("layer", "channel", "key", "index")
-
-    def __init__(self, layer: Any, channel: str, key: str, index: int) -> None:
-        self.layer = layer
-        self.channel = channel
-        self.key = key
-        self.index = index
-
-    def __call__(self, flat: list) -> None:
-        layer = self.layer
-        now = time.time()
-        cutoff = now - layer.expiry
-        buffer = layer.receive_buffer[self.channel]
-        malformed = []
-        expired = 0
-        scores = layer._work_scores.get(self.channel)
-        if scores is None:
-            scores = layer._work_scores[self.channel] = collections.deque()
-        for i in range(0, len(flat), 2):
-            member, score = flat[i], float(flat[i + 1])
-            if score < cutoff:
-                expired += 1
-                continue
-            try:
-                message = layer._serializer.deserialize(member)
-                if not isinstance(message, dict):
-                    raise ValueError(f"payload is a {type(message).__name__}, not a dict")
-            except Exception as exc:  # noqa: BLE001 - reported, never raised out of the batch
-                malformed.append((member, exc))
-                continue
-            message.pop(RESERVED_KEY, None)
-            if buffer.full() and scores:
-                scores.popleft()  # the buffer drops its oldest message too
-            buffer.put_nowait(message)
-            scores.append((self.index, score, member))
-        # More than the receivers waiting here (one was cancelled while its pop was on
-        # the wire): give it a moment to come back, then hand the rest back to Redis.
-        layer._check_work_surplus(self.channel)
-        touched = [self.channel] if buffer.qsize() else []
-        if not touched:
-            layer.receive_buffer.pop(self.channel, None)
-            layer._work_scores.pop(self.channel, None)
-        layer._after_batch(touched, malformed, expired, now)

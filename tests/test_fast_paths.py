@@ -180,6 +180,7 @@ def test_pubsub_proxy_methods_are_coroutine_functions_in_and_out_of_a_loop(redis
     asyncio.run(in_a_loop())
     # Unbound from any loop, the methods find the running loop's layer per call.
     assert async_to_sync(layer.new_channel)().startswith("asgispecific.")
+    async_to_sync(layer.close)()  # that call started the sync bridge's thread (sync_bridge.py)
 
 
 @pytest.mark.parametrize("waiting", [True, False], ids=["handed-over", "from-buffer"])

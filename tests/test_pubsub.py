@@ -232,8 +232,11 @@ def test_async_to_sync_loops_are_cleaned_up(redis_url):
     before = len(client.client_list())
     for _ in range(3):
         assert async_to_sync(round_trip)() == {"type": "x"}
-        assert layer._layers == {}
-    # Every loop closed its sockets with it.
+        # The per-call loops hold nothing: the calls ran on the sync bridge's loop.
+        assert list(layer._layers) == [layer._sync.loop]
+    # Closing the layer stops the bridge, and its sockets close with its loop.
+    async_to_sync(layer.close)()
+    assert layer._layers == {} and layer._sync.thread is None
     assert len(client.client_list()) == before
     assert client.pubsub_channels() == []
 

@@ -64,6 +64,15 @@ def _start_worker(url: str) -> subprocess.Popen:
     return worker
 
 
+def _finish(worker: subprocess.Popen) -> str:
+    """The rest of a stopping worker's output. Read through the same buffered file as
+    the "ready" line: ``communicate(timeout=...)`` reads the raw pipe and would miss any
+    ids that readline() had already buffered."""
+    out = worker.stdout.read()
+    worker.wait(timeout=30)
+    return out
+
+
 def _ids(output: str) -> list[int]:
     return [int(line) for line in output.split() if line.strip().isdigit()]
 
@@ -87,7 +96,7 @@ def _drain(url: str) -> list[int]:
         time.sleep(0.05)
     time.sleep(0.2)
     worker.send_signal(signal.SIGTERM)
-    out, _ = worker.communicate(timeout=30)
+    out = _finish(worker)
     return _ids(out)
 
 
@@ -115,7 +124,7 @@ def test_graceful_restarts_lose_and_repeat_nothing(redis_url):
         worker = _start_worker(redis_url)
         time.sleep(0.2)  # let it take some tasks
         worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=30)
+        out = _finish(worker)
         assert worker.returncode == 0
         seen.extend(_ids(out))
     seen.extend(_drain(redis_url))
@@ -139,7 +148,7 @@ def test_sigkill_loses_at_most_the_task_in_hand(redis_url):
         worker = _start_worker(redis_url)
         time.sleep(0.2)
         worker.kill()
-        out, _ = worker.communicate(timeout=30)
+        out = _finish(worker)
         seen.extend(_ids(out))
     seen.extend(_drain(redis_url))
     lost = sorted(set(range(TASKS)) - set(seen))

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import redis
 
-from .server_process import LOOPBACK, RESERVED_PORTS, ServerError, _conf_value, find_executable
+from .server_process import LOOPBACK, RESERVED_PORTS, ServerError, _conf_value, find_executable, start_or_close
 from .servers import RedisServer
 
 __all__ = ["ClusterNode", "NodeView", "RedisCluster"]
@@ -225,11 +225,7 @@ class RedisCluster:
         self.startup_seconds: float | None = None
         self._closed = False
         if start:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
+            start_or_close(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -472,7 +468,6 @@ class RedisCluster:
 
     def kill(self, node: ClusterNode, *, timeout: float = SETTLE_TIMEOUT) -> ClusterNode | None:
         """SIGKILL ``node``; for a primary, wait until a replica took its slots and return it."""
-        node_id = node.node_id
         was_primary = node in self.primaries()
         candidates = {replica.node_id for replica in self.replicas_of(node)} if was_primary else set()
         node.kill()

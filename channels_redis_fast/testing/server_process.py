@@ -379,3 +379,12 @@ class _Process:
     def __repr__(self) -> str:
         state = "running" if self.running else ("closed" if self._closed else "stopped")
         return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
+
+
+def start_or_close(server: Any) -> None:
+    """Start ``server``; if that fails part way, close what was started, then re-raise."""
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise

@@ -17,6 +17,7 @@ from .server_process import (
     _conf_value,
     _Process,
     find_executable,
+    start_or_close,
 )
 
 __all__ = ["RedisServer", "SentinelServer"]
@@ -102,11 +103,7 @@ class RedisServer(_Process):
         )
         self.unix_path: str | None = os.path.join(self.dir, "redis.sock") if unixsocket else None
         if start:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
+            start_or_close(self)
 
     @property
     def url(self) -> str:
@@ -255,11 +252,7 @@ class SentinelServer(_Process):
             binary=binary,
         )
         if start:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
+            start_or_close(self)
 
     @property
     def address(self) -> tuple[str, int]:
