@@ -301,7 +301,9 @@ async def _traffic(cluster, change, kind: str = "direct", channel_count: int = 2
     async def receive_all(channel):
         while True:
             try:
-                message = await asyncio.wait_for(receiver.receive(channel), 1.0 if done.is_set() else 30)
+                # A short wait even before the sends are done: a receive that began before
+                # the last send must not sit out a long timeout once nothing more comes.
+                message = await asyncio.wait_for(receiver.receive(channel), 1.0)
             except asyncio.TimeoutError:
                 if done.is_set():
                     return
