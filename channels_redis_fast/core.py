@@ -263,12 +263,17 @@ class RedisChannelLayer(BaseChannelLayer):
         args = (payload, now, now - self.expiry, self.get_capacity(channel), self._key_ttl)
         try:
             added = await send_script.start(connection, keys, args)
-        except (ResponseError, RedisConnectionError) as exc:  # (a cluster retries what was not run)
-            cluster = self._cluster
-            if cluster is None and not isinstance(exc, ResponseError):
+        except ResponseError as exc:
+            if self._cluster is None:
+                added = await send_script.after_error(exc, connection, keys, args)
+            else:
+                added = await self._cluster.script(send_script, keys, args, exc)
+        except RedisConnectionError as exc:
+            if self._cluster is None:
                 raise
-            added = await (cluster.script(send_script, keys, args, exc) if cluster else
-                           send_script.after_error(exc, connection, keys, args))  # type: ignore[arg-type]
+            # On a cluster the node may be gone for good: what was never written is retried
+            # on the slot's new owner.
+            added = await self._cluster.script(send_script, keys, args, exc)
         if not added:
             self.stats_counters["channel_full"] += 1
             raise ChannelFull(channel)
@@ -308,7 +313,7 @@ class RedisChannelLayer(BaseChannelLayer):
             while True:
                 # Wait as a receiver of this channel (and of its Redis key's pumps).
                 local = self.receive_buffer[channel]
-                waiter = loop.create_future()  # LocalChannel.wait, inlined (hot)
+                waiter = loop.create_future()  # a waiting receiver (see LocalChannel)
                 local.waiters.append(waiter)
                 others = receivers.get(key, 0)
                 receivers[key] = others + 1
@@ -514,16 +519,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.stats_counters["received"] -= 1
         local.touched = time.time()
         if "!" not in channel:
-            # A work queue's buffer and scores stay in step, so that a give-back to
-            # Redis returns exact bytes; this one gets fresh bytes at the head's score.
-            scores = local.scores
-            if scores is None:
-                scores = local.scores = collections.deque()
-            if len(scores) == len(local.buffer) - 1:
-                key = self.prefix + channel
-                score = scores[0][1] if scores else time.time()
-                scores.appendleft((self.router.work_node(key), score, self.serialize(message)))
-            self._work.check_surplus(local)
+            self._work.put_back(local, message)
         local.wake(1)
 
     def _drop_if_idle(self, local: LocalChannel) -> None:

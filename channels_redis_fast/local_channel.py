@@ -131,12 +131,6 @@ class LocalChannel:
             scores.popleft()
         return self.buffer.get_nowait()
 
-    def wait(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
-        """A new waiting receiver's future, resolved (to None) when it is woken."""
-        waiter = loop.create_future()
-        self.waiters.append(waiter)
-        return waiter
-
     def claim(self, waiter: asyncio.Future) -> Any:
         """What a woken receiver gets: the message handed to it, else the oldest buffered
         one, else EMPTY (another receiver took it first). No await may come between the

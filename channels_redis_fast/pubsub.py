@@ -391,7 +391,7 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
                         # Freed while we were being woken (another receiver was cancelled).
                         local = await self._subscribe_channel(channel)
                         continue
-                    waiter = self.loop.create_future()  # LocalChannel.wait, inlined
+                    waiter = self.loop.create_future()  # a waiting receiver (see LocalChannel)
                     local.waiters.append(waiter)
                     await waiter
                     item = local.claim(waiter)

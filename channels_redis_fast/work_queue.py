@@ -99,6 +99,19 @@ class WorkQueue:
         return [], malformed, expired
 
     # -- unclaimed messages back --------------------------------------------------------
+    def put_back(self, local: LocalChannel, message: dict) -> None:
+        """``message`` went back to the head of ``local``'s buffer (a sync caller gave it
+        up): keep the scores in step with the buffer, so that a give-back to Redis returns
+        exact bytes; this one gets fresh bytes at the head's score."""
+        scores = local.scores
+        if scores is None:
+            scores = local.scores = collections.deque()
+        if len(scores) == len(local.buffer) - 1:
+            key = self.owner.prefix + local.name
+            score = scores[0][1] if scores else time.time()
+            scores.appendleft((self.owner.router.work_node(key), score, self.owner.serialize(message)))
+        self.check_surplus(local)
+
     def check_surplus(self, local: LocalChannel) -> None:
         """Schedule a give-back if a work queue holds more than its waiting receivers take."""
         if local.give_back_timer is None and len(local.buffer) > local.waiting():
