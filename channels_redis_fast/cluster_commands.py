@@ -30,12 +30,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .cluster_router import ClusterSlots
 from .cluster_slots import parse_redirect
+from .connection import RedisConnection
 from .exceptions import ReplyLostError
 from .group_plan import GroupPlans, ShardPlan, make_plan, member_digest
-from .loop_connections import LoopConnections
 from .scripts import Script, send_script
 
-__all__ = ["ClusterCommands"]
+__all__ = ["ClusterCommands", "NodeConnections"]
 
 #: Redirections one command may follow (a slot moved twice while we asked is plenty).
 MAX_REDIRECTS = 8
@@ -46,10 +46,17 @@ RETRY_START = 0.02
 RETRY_MAX = 0.5
 
 
+class NodeConnections(Protocol):
+    """Where a node's multiplexed connection is: LoopConnections, or the pub/sub layer's
+    publishers on a cluster (sharded_subscriber.py)."""
+
+    def command(self, node: int) -> RedisConnection: ...
+
+
 class ClusterCommands:
     """Runs commands and scripts on the node that serves their key, following the cluster."""
 
-    def __init__(self, router: ClusterSlots, connections: Callable[[], LoopConnections]) -> None:
+    def __init__(self, router: ClusterSlots, connections: Callable[[], NodeConnections]) -> None:
         self.router = router
         self.connections = connections
         self.redirects = 0

@@ -18,6 +18,8 @@ nobody listens. What differs is underneath:
 * Cancelling ``receive()`` frees the channel and sends UNSUBSCRIBE without awaiting it, and a
   freed channel also leaves its groups, so channel churn does not grow memory.
 * Names are validated like the core layer before anything is published.
+* On a Redis Cluster (a ``cluster`` host entry) it uses sharded pub/sub, SPUBLISH and
+  SSUBSCRIBE on the node that serves each name's slot (sharded_subscriber.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from .subscriber import Shard
 from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
 from .cluster_config import cluster_config
-from .routing import HashRing
+from .routing import HashRing, Router
+from .sharded_subscriber import ShardedPubSub
 from .utils import ValidNames, _wrap_close, decode_hosts, running_loop
 
 logger = logging.getLogger(__name__)
@@ -105,12 +108,8 @@ class RedisPubSubChannelLayer:
         self._kwargs = kwargs
         # The loop layers are made on first use; bad hosts (an unknown RESP version) fail now.
         hosts = kwargs["hosts"] if "hosts" in kwargs else args[0] if args else None
-        if cluster_config(hosts) is not None:
-            raise ValueError(
-                "RedisPubSubChannelLayer does not run on a Redis Cluster yet (sharded pub/sub is "
-                "planned); use channels_redis_fast.core.RedisChannelLayer with the `cluster` entry"
-            )
-        decode_hosts(hosts)
+        if cluster_config(hosts) is None:
+            decode_hosts(hosts)
         self._layers: dict[asyncio.AbstractEventLoop, RedisPubSubLoopLayer] = {}
         # Unlike the core layer: no random prefix and no expiry (so no Fernet TTL either),
         # because nothing is stored in a sorted set. Bytes match channels_redis's pub/sub.
@@ -254,12 +253,22 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         self._drop_logged_at = 0.0
         self._closed = False
         self.loop = asyncio.get_running_loop()
-        #: Which node holds which Redis channel name (routing.py; names are hashed whole).
-        self.router = HashRing(decode_hosts(hosts))
-        self._shards = [Shard(self, self.router.hosts[node], node) for node in self.router.nodes]
+        #: On a Redis Cluster: sharded pub/sub on the node of each name's slot.
+        self._cluster: ShardedPubSub | None = None
+        config = cluster_config(hosts)
+        if config is None:
+            #: Which node holds which Redis channel name (routing.py; names are hashed whole).
+            self.router: Router = HashRing(decode_hosts(hosts))
+            self._shards = [Shard(self, self.router.hosts[node], node) for node in self.router.nodes]
+        else:
+            self._cluster = ShardedPubSub(self, config)
+            self.router = self._cluster.router
+            self._shards = self._cluster.shards  # one per primary, added as they are found
 
     # -- helpers ------------------------------------------------------------------------
-    def _get_shard(self, name: str) -> Shard:
+    def _get_shard(self, name: str) -> Shard | ShardedPubSub:
+        if self._cluster is not None:
+            return self._cluster
         return self._shards[self.router.node_of(name)]
 
     def _get_group_channel_name(self, group: str) -> str:
@@ -481,6 +490,8 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         """
         self.channels = {}
         self.groups = {}
+        if self._cluster is not None:
+            await self._cluster.reset()
         for shard in self._shards:
             await shard.reset()
 
@@ -494,6 +505,8 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         self._closed = True
         self.channels = {}
         self.groups = {}
+        if self._cluster is not None:
+            await self._cluster.close()
         for shard in self._shards:
             await shard.close()
 

@@ -63,6 +63,9 @@ class SubscriberProtocol(RedisProtocol):
     confirmations are push frames too, and are matched the same way.
     """
 
+    #: The kind of a pushed message frame (sharded_subscriber.py's protocol: ``smessage``).
+    MESSAGE = _MESSAGE
+
     def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float, shard: "Shard") -> None:
         super().__init__(loop, reply_timeout)
         self.shard = shard
@@ -82,7 +85,8 @@ class SubscriberProtocol(RedisProtocol):
         # commands reach Redis is heard.
         names = list(self.shard.wanted)
         if names:
-            futures = self.execute_pipeline([("SUBSCRIBE", name) for name in names])
+            subscribe = self.shard.SUBSCRIBE
+            futures = self.execute_pipeline([(subscribe, name) for name in names])
             self.replayed = dict(zip(names, futures))
             self.ready = asyncio.gather(*futures, return_exceptions=True)
             self.ready.add_done_callback(self._replayed)
@@ -108,7 +112,7 @@ class SubscriberProtocol(RedisProtocol):
         reader = self._reader
         reader.feed(data)
         self._last_reply = time.monotonic()
-        pending = self._pending
+        message = self.MESSAGE
         last_name = None
         targets: tuple[Any, ...] = ()
         decode_once = self.shard.layer._decode_once
@@ -121,7 +125,7 @@ class SubscriberProtocol(RedisProtocol):
                 # A pushed message is a plain list in RESP2 and a PushNotification (a
                 # list subclass) in RESP3.
                 kind = type(reply)
-                if (kind is list or kind is PUSH_TYPE) and len(reply) == 3 and reply[0] == _MESSAGE:
+                if (kind is list or kind is PUSH_TYPE) and len(reply) == 3 and reply[0] == message:
                     name = reply[1]
                     if name != last_name:
                         targets = self.targets(name)
@@ -146,20 +150,28 @@ class SubscriberProtocol(RedisProtocol):
                         if local.put(payload):
                             dropped += 1
                     continue
-                if not pending:
-                    self.abort(RedisConnectionError(f"Unexpected frame on a subscriber connection: {reply!r:.80}"))
+                if not self._answer(reply):
                     return
-                future = pending.popleft()[0]
-                if not future.done():
-                    if isinstance(reply, RedisError):  # redis-py's class for it (see reply_error)
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
         except hiredis.ProtocolError as exc:
             self.abort(RedisConnectionError(f"Protocol error from Redis: {exc}"))
         finally:
             if dropped:
                 self.shard.layer._note_drops(dropped, last_name.decode("utf-8", "replace") if last_name else "?")
+
+    def _answer(self, reply: Any) -> bool:
+        """A frame that is no pushed message: the reply to the oldest command. False when
+        nothing asked for it (the connection is then aborted)."""
+        pending = self._pending
+        if not pending:
+            self.abort(RedisConnectionError(f"Unexpected frame on a subscriber connection: {reply!r:.80}"))
+            return False
+        future = pending.popleft()[0]
+        if not future.done():
+            if isinstance(reply, RedisError):  # redis-py's class for it (see reply_error)
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        return True
 
     def _shutdown(self, error: BaseException) -> None:
         first = self.closed is None
@@ -192,6 +204,13 @@ class RedisHandle:
 class Shard:
     """One Redis host: a multiplexed connection for PUBLISH and one subscriber socket."""
 
+    # The commands, and the subscriber's protocol: a cluster node's (sharded_subscriber.py)
+    # speaks sharded pub/sub instead.
+    PUBLISH = "PUBLISH"
+    SUBSCRIBE = "SUBSCRIBE"
+    UNSUBSCRIBE = "UNSUBSCRIBE"
+    protocol_class: type[SubscriberProtocol] = SubscriberProtocol
+
     def __init__(self, layer: SubscriberOwner, host: dict[str, Any], index: int) -> None:
         self.layer = layer
         self.host = host
@@ -220,12 +239,12 @@ class Shard:
             loop,
             timeout,
             name=f"subscribe@{self.name}",
-            protocol_factory=functools.partial(SubscriberProtocol, shard=self),
+            protocol_factory=functools.partial(self.protocol_class, shard=self),
             on_connect=notify,
         )
 
     def publish(self, channel: str, data: bytes) -> Awaitable[int]:
-        receivers: Awaitable[int] = self.publisher.execute("PUBLISH", channel, data)
+        receivers: Awaitable[int] = self.publisher.execute(self.PUBLISH, channel, data)
         return receivers
 
     async def subscribe(self, name: str) -> None:
@@ -237,7 +256,7 @@ class Shard:
             if replayed is not None:  # subscribed as the socket was attached
                 await asyncio.shield(replayed)
             else:
-                await protocol.execute(("SUBSCRIBE", name))
+                await protocol.execute((self.SUBSCRIBE, name))
 
     def unsubscribe_nowait(self, name: str) -> asyncio.Future | None:
         """Queue an UNSUBSCRIBE without waiting for it (safe inside cancellation)."""
@@ -247,7 +266,7 @@ class Shard:
             return None  # the next connection simply will not subscribe it
         # Subscribing it again later must send a SUBSCRIBE after this UNSUBSCRIBE.
         protocol.replayed.pop(name, None)
-        future = protocol.execute(("UNSUBSCRIBE", name))
+        future = protocol.execute((self.UNSUBSCRIBE, name))
         future.add_done_callback(_consume_result)
         return future
 

@@ -230,13 +230,6 @@ async def test_a_receive_through_a_plain_url_of_a_cluster_node_raises_the_clear_
     await _close(layer)
 
 
-def test_the_pubsub_layer_refuses_a_cluster_entry_clearly(cluster):
-    from channels_redis_fast.pubsub import RedisPubSubChannelLayer
-
-    with pytest.raises(ValueError, match="sharded pub/sub"):
-        RedisPubSubChannelLayer(hosts=[cluster.hosts_entry()])
-
-
 async def test_flush_covers_work_queue_backups_under_a_hash_tag_prefix(cluster):
     layer = _layer(cluster, prefix="{tagged}")
     await layer.send("jobs", {"type": "job"})
