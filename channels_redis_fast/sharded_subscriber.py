@@ -146,6 +146,27 @@ class NodeShard(Shard):
         """The server unsubscribed ``wire_name``: its slot is served elsewhere now."""
         self.cluster.slot_left(self, wire_name.decode("utf-8", "replace"))
 
+    async def _resubscribe(self) -> None:
+        started = time.monotonic()
+        try:
+            failures = await self._reconnect()
+        finally:
+            self.reachable.resign(self)
+        if self.closing:
+            return
+        if self.subscriber.is_connected:
+            logger.warning(
+                "Pub/sub connection to cluster node %s restored after %.1f s (%d failed attempts, "
+                "%d subscriptions)", self.name, time.monotonic() - started, failures, len(self.wanted),
+            )
+        else:
+            logger.warning(
+                "Cluster node %s is gone; after %.1f s its channels are being subscribed on the "
+                "primaries that serve their slots now", self.name, time.monotonic() - started,
+            )
+        self._announced_up = True
+        self.layer._notify_all(self.layer.on_reconnect)
+
     async def _reconnect(self) -> int:
         """As on one Redis, but for as long as names are left here: while the node does
         not answer, the map is fetched again and names another primary serves now move."""
