@@ -13,6 +13,7 @@ import collections
 
 import pytest
 import redis
+from asgiref.sync import async_to_sync
 
 from channels_redis_fast.cluster_slots import ClusterUnreachableError
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
@@ -126,6 +127,18 @@ async def test_flush_forgets_every_subscription(cluster):
     await layer.send(channel, {"type": "again"})
     assert (await receive_soon(layer, channel)) == {"type": "again"}
     await _close(layer)
+
+
+def test_sync_callers(cluster):
+    # async_to_sync runs each call on a fresh loop; the layer bridges them to one I/O loop.
+    layer = _layer(cluster)
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)("sync", channel)
+    async_to_sync(layer.send)(channel, {"type": "direct"})
+    async_to_sync(layer.group_send)("sync", {"type": "group"})
+    assert [async_to_sync(layer.receive)(channel) for _ in range(2)] == [{"type": "direct"}, {"type": "group"}]
+    assert _shard_subscribers(cluster, channel) == 1
+    async_to_sync(layer.close)()
 
 
 # ------------------------------------------------------------------------------ connections
