@@ -55,6 +55,9 @@ __all__ = ["NodeShard", "ShardedProtocol", "ShardedPubSub", "ShardedPubSubUnsupp
 _SUNSUBSCRIBE = b"sunsubscribe"
 #: Seconds between two map refreshes a publish to no receiver asks for (see publish).
 STALE_CHECK_INTERVAL = 1.0
+#: Seconds between two map refreshes while a node does not answer: a node down with no
+#: replica to replace it must not make every process ask the cluster at the reconnect pace.
+UNREACHABLE_REFRESH_INTERVAL = 0.25
 #: Node number of a wanted name that is subscribed nowhere right now.
 NOWHERE = -1
 
@@ -227,6 +230,7 @@ class ShardedPubSub:
         self.moves = 0
         self.closing = False
         self._stale_checked = 0.0
+        self._unreachable_refreshed = 0.0
 
     # -- publishing ---------------------------------------------------------------------
     def _connections(self) -> "ShardedPubSub":
@@ -361,7 +365,10 @@ class ShardedPubSub:
         """``shard``'s node did not answer: refresh the map; move the names it lost."""
         if self.closing:
             return
-        await self.router.refresh()
+        now = time.monotonic()
+        if now - self._unreachable_refreshed >= UNREACHABLE_REFRESH_INTERVAL:
+            self._unreachable_refreshed = now
+            await self.router.refresh()
         for name in list(shard.wanted):
             try:
                 node = self.router.node_of(name)
