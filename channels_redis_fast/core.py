@@ -31,7 +31,7 @@ from .cluster_router import ClusterSlots, check_prefix
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import RESERVED_KEY, InvalidMessageError, ReservedKeyError, WrongClientPrefixError
 from .flush import flush_node
-from .group_plan import NO_DESTINATIONS, GroupPlans, ShardPlan, make_plan
+from .group_plan import NO_DESTINATIONS, SNAPSHOT_SUFFIX, SNAPSHOT_TTL, GroupPlans, ShardPlan, make_plan
 from .loop_connections import LoopConnections
 from .routing import HashRing, Router
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
@@ -599,8 +599,8 @@ class RedisChannelLayer(BaseChannelLayer):
         plan = self._group_plans.get(group)
         if plan is not None:
             shard = plan.by_shard.get(group_node, NO_DESTINATIONS)
-            keys = [key, *shard.keys]
-            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
+            keys = [key, key + SNAPSHOT_SUFFIX, *shard.keys]
+            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl, SNAPSHOT_TTL,
                     *self._group_payloads(message, shard), *shard.capacities]
             if plan.on_group_shard:
                 over = await group_send_known_script(connection, keys, args)

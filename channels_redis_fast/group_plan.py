@@ -12,6 +12,11 @@ which for a 500-member group cost more client time than the sends themselves. Wh
 digest differs nothing is written and the layer reads the members again and makes a new
 plan. A group changed by any process, ours or a stock channels_redis one, is therefore
 never sent to from a stale plan.
+
+Computing that digest in Lua costs a Lua string per member plus hashing them all, which
+grows with the group. So after one send has checked it, the script keeps a snapshot of
+the members beside the group (``SNAPSHOT_SUFFIX``, marked with the digest), and later
+sends of the same plan compare the group with it in C (ZDIFF) instead (see scripts.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from typing import Callable
 
 #: Groups whose plans a layer remembers (all are dropped when it is full).
 PLAN_CACHE_SIZE = 1024
+#: The group key plus this names its member snapshot ("$" is never in a group name).
+SNAPSHOT_SUFFIX = b"$plan"
+#: Seconds a snapshot outlives the last send that used it (it holds a copy of the members).
+SNAPSHOT_TTL = 300
 
 
 def member_digest(members: list[bytes]) -> str:

@@ -15,7 +15,7 @@ import redis
 from channels_redis.core import RedisChannelLayer as StockLayer
 
 from channels_redis_fast.core import RedisChannelLayer
-from channels_redis_fast.group_plan import make_plan, member_digest
+from channels_redis_fast.group_plan import SNAPSHOT_SUFFIX, make_plan, member_digest
 from channels_redis_fast.scripts import group_send_known_script
 from conftest import nothing_arrives, receive_soon
 
@@ -86,18 +86,27 @@ async def test_known_members_script_checks_the_digest_before_writing(redis_url):
     layer = RedisChannelLayer(hosts=[redis_url])
     connection = layer.connection(0)
 
-    def args(digest):
-        return [f"({now - 86400!r}", digest, now, now - 60, 60, b"m1", b"m2", *shard.capacities]
+    snapshot = group_key + SNAPSHOT_SUFFIX
+    keys = [group_key, snapshot, *shard.keys]
 
-    # A digest of other members: nothing is written.
+    def args(digest):
+        return [f"({now - 86400!r}", digest, now, now - 60, 60, 300, b"m1", b"m2", *shard.capacities]
+
+    # A digest of other members: nothing is written, no snapshot made.
     stale = member_digest(members[:2])
-    assert await group_send_known_script(connection, [group_key, *shard.keys], args(stale)) == -1
+    assert await group_send_known_script(connection, keys, args(stale)) == -1
     assert client.zcard("asgispecific.p1!") == 0 and client.zcard("asgigeneral.work") == 0
+    assert not client.exists(snapshot)
     # The digest the Python side computes is the one Lua computes from ZRANGE.
-    assert await group_send_known_script(connection, [group_key, *shard.keys], args(plan.digest)) == 0
+    assert await group_send_known_script(connection, keys, args(plan.digest)) == 0
     assert client.zrange("asgispecific.p1!", 0, -1) == [b"m1"]
     assert client.zrange("asgigeneral.work", 0, -1) == [b"m2"]
-    client.delete(group_key, "asgispecific.p1!", "asgigeneral.work")
+    # It left a snapshot of the members, marked with the digest, for the next send.
+    assert client.zrange(snapshot, 0, -1) == sorted([b"\0" + plan.digest.encode(), *members])
+    # A stale plan is refused through the snapshot as well.
+    assert await group_send_known_script(connection, keys, args(stale)) == -1
+    assert client.zcard("asgispecific.p1!") == 1
+    client.delete(group_key, snapshot, "asgispecific.p1!", "asgigeneral.work")
     await layer.close_pools()
 
 
@@ -149,3 +158,38 @@ async def test_plan_over_several_shards_is_checked_before_any_shard_is_written(s
     assert sender._group_plans["wide"] is not plan
     for layer in (*layers, other):
         await layer.flush()
+
+
+@pytest.mark.parametrize("other_kind", ["ours", "stock"])
+async def test_a_change_that_keeps_the_size_is_seen_through_the_snapshot(redis_url, other_kind):
+    # After two sends the plan is checked against the snapshot (ZDIFF), not the digest.
+    # A member swapped for another (same count, same scores' order kept) must still be
+    # seen: the one who left gets nothing, the newcomer gets the message once.
+    sender = RedisChannelLayer(hosts=[redis_url])
+    if other_kind == "ours":
+        other = RedisChannelLayer(hosts=[redis_url])
+    else:
+        other = StockLayer(hosts=[{"address": redis_url, "socket_timeout": None}])
+    client = redis.Redis.from_url(redis_url)
+    mine = [await sender.new_channel() for _ in range(3)]
+    for channel in mine:
+        await sender.group_add("swap", channel)
+    for n in range(3):
+        await sender.group_send("swap", {"type": "m", "n": n})
+        for channel in mine:
+            assert await receive_soon(sender, channel) == {"type": "m", "n": n}
+    snapshot = sender._group_key("swap") + SNAPSHOT_SUFFIX
+    assert client.zcard(snapshot) == len(mine) + 1  # the quick check has what it needs
+
+    newcomer = await other.new_channel()
+    await other.group_discard("swap", mine[0])
+    await other.group_add("swap", newcomer)
+    await sender.group_send("swap", {"type": "m", "n": 9})
+    assert await receive_soon(other, newcomer) == {"type": "m", "n": 9}
+    for channel in mine[1:]:
+        assert await receive_soon(sender, channel) == {"type": "m", "n": 9}
+    await nothing_arrives(sender, mine[0])
+    await nothing_arrives(other, newcomer)
+    await sender.flush()
+    assert not client.exists(snapshot)  # flush removes the snapshot with the group
+    await other.flush()
