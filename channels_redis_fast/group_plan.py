@@ -25,6 +25,9 @@ import dataclasses
 import hashlib
 from typing import Callable
 
+from .exceptions import RESERVED_KEY
+from .speedups import pack_message
+
 #: Groups whose plans a layer remembers (all are dropped when it is full).
 PLAN_CACHE_SIZE = 1024
 #: The group key plus this names its member snapshot ("$" is never in a group name).
@@ -50,6 +53,29 @@ class ShardPlan:
     #: ``__asgi_channel__``, as channels_redis does).
     names: list[list[str]]
     capacities: list[int]
+    #: Per key, msgpack of ``"__asgi_channel__"`` and its names, packed on first use (see
+    #: bundled_payloads): the part of every send's message that only changes with the plan.
+    tails: list[bytes] = dataclasses.field(default_factory=list)
+
+
+def bundled_payloads(message: dict, shard: ShardPlan, prefix_length: int) -> list[bytes] | None:
+    """Per key of ``shard``, the bytes ``pack_message`` gives for ``message`` with
+    ``__asgi_channel__`` set to that key's names (the key last, as a dict copy puts it),
+    the names packed once per plan instead of once per send. None when ``message`` packs
+    as a map too large to take one more entry in its one-byte header.
+
+    The keys of one send share one random prefix: they are different sorted sets, and
+    each send still gets a prefix of its own.
+    """
+    head = pack_message(message, prefix_length)
+    count = head[prefix_length] if len(head) > prefix_length else 0
+    if not 0x80 <= count < 0x8F:  # a fixmap with room for one more entry
+        return None
+    if not shard.tails:
+        key = pack_message(RESERVED_KEY, 0)
+        shard.tails.extend(key + pack_message(names, 0) for names in shard.names)
+    start = b"".join((head[:prefix_length], bytes((count + 1,)), head[prefix_length + 1 :]))
+    return [start + tail for tail in shard.tails]
 
 
 #: The group's shard part of a plan whose destinations are all elsewhere.

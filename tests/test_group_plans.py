@@ -15,8 +15,10 @@ import redis
 from channels_redis.core import RedisChannelLayer as StockLayer
 
 from channels_redis_fast.core import RedisChannelLayer
-from channels_redis_fast.group_plan import SNAPSHOT_SUFFIX, make_plan, member_digest
+from channels_redis_fast.exceptions import RESERVED_KEY
+from channels_redis_fast.group_plan import SNAPSHOT_SUFFIX, bundled_payloads, make_plan, member_digest
 from channels_redis_fast.scripts import group_send_known_script
+from channels_redis_fast.speedups import pack_message, unpack_message
 from conftest import nothing_arrives, receive_soon
 
 pytestmark = pytest.mark.timeout(30)
@@ -193,3 +195,39 @@ async def test_a_change_that_keeps_the_size_is_seen_through_the_snapshot(redis_u
     await sender.flush()
     assert not client.exists(snapshot)  # flush removes the snapshot with the group
     await other.flush()
+
+
+@pytest.mark.parametrize("size", [0, 1, 14, 15, 40])
+@pytest.mark.parametrize("prefix_length", [0, 12])
+def test_bundled_payloads_pack_as_a_copy_with_the_names(size, prefix_length):
+    # The names are packed once per plan and joined to each send's message: the bytes
+    # after the random prefix are those of packing the bundled copy as channels_redis does.
+    plan = make_plan([b"specific.p1!a", b"specific.p1!b", b"general.work"], 0, "asgi", lambda n: 0, lambda n: 5)
+    shard = plan.by_shard[0]
+    message = {"type": "m", **{f"k{i}": i for i in range(size - 1)}} if size else {}
+    payloads = bundled_payloads(message, shard, prefix_length)
+    if size >= 15:  # no room in a one-byte map header: the caller packs each copy
+        assert payloads is None
+        return
+    assert payloads is not None and len(payloads) == len(shard.names)
+    for payload, names in zip(payloads, shard.names):
+        expected = pack_message({**message, RESERVED_KEY: names}, 0)
+        assert payload[prefix_length:] == expected
+        assert unpack_message(payload, prefix_length) == {**message, RESERVED_KEY: names}
+    assert bundled_payloads(message, shard, prefix_length) is not None  # from the cached names
+    if prefix_length:
+        again = bundled_payloads(message, shard, prefix_length)
+        assert again is not None and again[0][:prefix_length] != payloads[0][:prefix_length]
+
+
+async def test_a_message_too_wide_to_splice_is_still_delivered(redis_url):
+    layer = RedisChannelLayer(hosts=[redis_url])
+    channels = [await layer.new_channel() for _ in range(2)]
+    for channel in channels:
+        await layer.group_add("wide-message", channel)
+    message = {"type": "m", **{f"k{i}": i for i in range(20)}}
+    for _ in range(2):
+        await layer.group_send("wide-message", message)
+        for channel in channels:
+            assert await receive_soon(layer, channel) == message
+    await layer.flush()
