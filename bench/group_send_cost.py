@@ -1,6 +1,7 @@
 """Time of one awaited group_send, members receiving in another process.
 
     python bench/group_send_cost.py [--sizes 100,1000,5000] [--rounds 200] [--layers ours,cr]
+        [--also NAME=module:Class]   # another core layer beside them (an earlier build)
 
 One private Redis. For each layer a receiving process holds one group per size, every
 member a process channel of that process with a receiver waiting on it; the sender (this
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workloads import CR_CORE, OURS_CORE  # noqa: E402
+from workloads import CR_CORE, OURS_CORE, LayerSpec  # noqa: E402
 
 from channels_redis_fast.testing import RedisServer  # noqa: E402
 
@@ -64,7 +65,16 @@ async def _receive_all(name: str, url: str, sizes: list[int], idle: bool, conn) 
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _receiver(name: str, url: str, sizes: list[int], idle: bool, conn) -> None:
+def _add_layer(also: str) -> str:
+    name, _, target = also.partition("=")
+    module, _, cls = target.partition(":")
+    LAYERS[name] = LayerSpec(name, name, module, cls, "core", False)
+    return name
+
+
+def _receiver(name: str, url: str, sizes: list[int], idle: bool, also: list[str], conn) -> None:
+    for spec in also:
+        _add_layer(spec)
     asyncio.run(_receive_all(name, url, sizes, idle, conn))
 
 
@@ -99,19 +109,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--layers", default="ours,cr")
+    parser.add_argument("--also", action="append", default=[],
+                        help="NAME=module:Class, one more core layer to time beside the others")
     parser.add_argument("--idle", action="store_true",
                         help="members nobody receives on (messages pile up): the sender alone")
     parser.add_argument("--gap-per-member", type=float, default=8e-6,
                         help="seconds to wait after a send, per member (receivers drain)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    names = args.layers.split(",")
+    names = args.layers.split(",") + [_add_layer(also) for also in args.also]
     context = multiprocessing.get_context("spawn")
     with RedisServer() as server:
         receivers = []
         for name in names:
             parent, child = context.Pipe()
-            process = context.Process(target=_receiver, args=(name, server.url, sizes, args.idle, child), daemon=True)
+            process = context.Process(target=_receiver, args=(name, server.url, sizes, args.idle, args.also, child), daemon=True)
             process.start()
             receivers.append((name, process, parent))
         for _, _, parent in receivers:
@@ -125,7 +137,7 @@ def main() -> None:
             process.join(10)
     print(f"one group_send, members in another process; {args.rounds} rounds, interleaved")
     print(f"{'members':>8} " + " ".join(f"{name + ' p50':>10} {name + ' p99':>10}" for name in names)
-          + ("   ratio p50" if len(names) == 2 else ""))
+          + ("   ours/cr p50" if {"ours", "cr"} <= set(names) else ""))
     for size in sizes:
         row = f"{size:>8} "
         medians = []
@@ -133,8 +145,8 @@ def main() -> None:
             samples = times[name, size]
             medians.append(statistics.median(samples))
             row += f"{medians[-1] * 1e3:8.3f}ms {_p(samples, 0.99) * 1e3:8.3f}ms "
-        if len(names) == 2:
-            row += f"  {medians[0] / medians[1]:.2f}"
+        if {"ours", "cr"} <= set(names):
+            row += f"  {medians[names.index('ours')] / medians[names.index('cr')]:.2f}"
         print(row)
     expected = 0 if args.idle else (args.rounds + 3) * sum(sizes)
     for name in names:
