@@ -34,7 +34,6 @@ from .flush import flush_node
 from .group_plan import (
     NO_DESTINATIONS,
     SNAPSHOT_SUFFIX,
-    SNAPSHOT_TTL,
     GroupPlans,
     ShardPlan,
     bundled_payloads,
@@ -608,7 +607,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if plan is not None:
             shard = plan.by_shard.get(group_node, NO_DESTINATIONS)
             keys = [key, key + SNAPSHOT_SUFFIX, *shard.keys]
-            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl, SNAPSHOT_TTL,
+            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl, plan.snapshot_ttl,
                     *self._group_payloads(message, shard), *shard.capacities]
             if plan.on_group_shard:
                 over = await group_send_known_script(connection, keys, args)

@@ -15,8 +15,9 @@ never sent to from a stale plan.
 
 Computing that digest in Lua costs a Lua string per member plus hashing them all, which
 grows with the group. So after one send has checked it, the script keeps a snapshot of
-the members beside the group (``SNAPSHOT_SUFFIX``, marked with the digest), and later
-sends of the same plan compare the group with it in C (ZDIFF) instead (see scripts.py).
+the members of a group that large (``SNAPSHOT_MIN_MEMBERS``) beside it
+(``SNAPSHOT_SUFFIX``, marked with the digest), and later sends of the same plan compare
+the group with it in C (ZDIFF) instead (see scripts.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ PLAN_CACHE_SIZE = 1024
 SNAPSHOT_SUFFIX = b"$plan"
 #: Seconds a snapshot outlives the last send that used it (it holds a copy of the members).
 SNAPSHOT_TTL = 300
+#: Smaller groups keep no snapshot: their digest costs the script little, and a copy of
+#: every small group (one per conversation, say) would double their keys for nothing.
+SNAPSHOT_MIN_MEMBERS = 32
 
 
 def member_digest(members: list[bytes]) -> str:
@@ -89,6 +93,8 @@ class GroupPlan:
     by_shard: dict[int, ShardPlan]
     #: Every destination is on the group's own shard: the one-script path applies.
     on_group_shard: bool
+    #: The snapshot's ttl the check script gets: 0 for a group too small to keep one.
+    snapshot_ttl: int = 0
 
 
 def make_plan(
@@ -124,6 +130,7 @@ def make_plan(
         member_count=len(members),
         by_shard=by_shard,
         on_group_shard=set(by_shard) == {group_node},
+        snapshot_ttl=SNAPSHOT_TTL if len(members) >= SNAPSHOT_MIN_MEMBERS else 0,
     )
 
 

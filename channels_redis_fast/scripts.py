@@ -127,18 +127,20 @@ return deliver(0, #KEYS, ARGV[1], ARGV[2], ARGV[3], 3, 3 + #KEYS)
 # then are the live members exactly the plan's. Otherwise the slow way: the digest of the
 # live members, computed in Lua; when it matches, the snapshot is made anew after the
 # delivery, so the next send of this plan takes the quick way. A ZDIFF the ACL refuses
-# means the slow way every time (and no snapshot made in vain).
+# means the slow way every time (and no snapshot made in vain). A snapshot ttl of 0 (a
+# small group, whose digest costs little) means the slow way and no snapshot.
 # KEYS[1] group key, KEYS[2] its snapshot, KEYS[3..n+2] channel keys
 # ARGV: group cutoff ("(score"), member digest, score, expiry cutoff, key ttl,
-#       snapshot ttl, member_1..member_n, capacity_1..capacity_n
+#       snapshot ttl (whole seconds), member_1..member_n, capacity_1..capacity_n
 GROUP_SEND_KNOWN = DELIVER + ZADD_ALL + """
 local group, snapshot, mark = KEYS[1], KEYS[2], '\\0' .. ARGV[2]
 local size = redis.call('ZCARD', group)
 if size == 0 then
     return -1
 end
+local kept = ARGV[6] ~= '0'
 local quick, refused = false, false
-if redis.call('ZRANGE', snapshot, 0, 0)[1] == mark and redis.call('ZCARD', snapshot) == size + 1
+if kept and redis.call('ZRANGE', snapshot, 0, 0)[1] == mark and redis.call('ZCARD', snapshot) == size + 1
         and #redis.call('ZRANGE', group, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, 1) == 0 then
     local outside = redis.pcall('ZDIFF', 2, group, snapshot)
     if outside.err then
@@ -160,7 +162,7 @@ if type(over) == 'table' then
     return over
 end
 redis.call('ZREMRANGEBYSCORE', group, '-inf', ARGV[1])
-if members and not refused then
+if members and kept and not refused then
     -- Under maxmemory the snapshot (only a shortcut) is skipped when its first write
     -- is refused; once one went through, the rest cannot be.
     if type(redis.pcall('ZADD', snapshot, 0, mark)) == 'number' then
@@ -173,7 +175,9 @@ if members and not refused then
         zadd_all(snapshot, entries)
     end
 end
-redis.call('EXPIRE', snapshot, ARGV[6])
+if kept then
+    redis.call('EXPIRE', snapshot, ARGV[6])
+end
 return over
 """
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from channels_redis_fast.core import RedisChannelLayer
+from channels_redis_fast.group_plan import SNAPSHOT_MIN_MEMBERS
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.testing import RedisServer
 
@@ -130,7 +131,7 @@ async def test_group_send_without_zdiff(acl_server, admin):
     # is checked by its digest instead: every send still reaches the members.
     layer = RedisChannelLayer(hosts=[_url(acl_server, "crf-nozdiff")])
     try:
-        channels = [await layer.new_channel() for _ in range(2)]
+        channels = [await layer.new_channel() for _ in range(SNAPSHOT_MIN_MEMBERS)]  # keeps a snapshot
         for channel in channels:
             await layer.group_add("room", channel)
         for n in range(4):

@@ -16,7 +16,13 @@ from channels_redis.core import RedisChannelLayer as StockLayer
 
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.exceptions import RESERVED_KEY
-from channels_redis_fast.group_plan import SNAPSHOT_SUFFIX, bundled_payloads, make_plan, member_digest
+from channels_redis_fast.group_plan import (
+    SNAPSHOT_MIN_MEMBERS,
+    SNAPSHOT_SUFFIX,
+    bundled_payloads,
+    make_plan,
+    member_digest,
+)
 from channels_redis_fast.scripts import group_send_known_script
 from channels_redis_fast.speedups import pack_message, unpack_message
 from conftest import nothing_arrives, receive_soon
@@ -173,7 +179,7 @@ async def test_a_change_that_keeps_the_size_is_seen_through_the_snapshot(redis_u
     else:
         other = StockLayer(hosts=[{"address": redis_url, "socket_timeout": None}])
     client = redis.Redis.from_url(redis_url)
-    mine = [await sender.new_channel() for _ in range(3)]
+    mine = [await sender.new_channel() for _ in range(SNAPSHOT_MIN_MEMBERS)]
     for channel in mine:
         await sender.group_add("swap", channel)
     for n in range(3):
@@ -230,4 +236,24 @@ async def test_a_message_too_wide_to_splice_is_still_delivered(redis_url):
         await layer.group_send("wide-message", message)
         for channel in channels:
             assert await receive_soon(layer, channel) == message
+    await layer.flush()
+
+
+async def test_a_small_group_keeps_no_snapshot(redis_url):
+    # Below SNAPSHOT_MIN_MEMBERS the digest is checked every time and no copy is kept.
+    layer = RedisChannelLayer(hosts=[redis_url])
+    client = redis.Redis.from_url(redis_url)
+    channels = [await layer.new_channel() for _ in range(SNAPSHOT_MIN_MEMBERS - 1)]
+    for channel in channels:
+        await layer.group_add("small", channel)
+    for n in range(3):
+        await layer.group_send("small", {"type": "m", "n": n})
+        for channel in channels:
+            assert await receive_soon(layer, channel) == {"type": "m", "n": n}
+    assert layer._group_plans["small"].snapshot_ttl == 0
+    assert not client.exists(layer._group_key("small") + SNAPSHOT_SUFFIX)
+    await layer.group_add("small", await layer.new_channel())  # now big enough
+    for n in range(3):
+        await layer.group_send("small", {"type": "m", "n": n})
+    assert client.zcard(layer._group_key("small") + SNAPSHOT_SUFFIX) == SNAPSHOT_MIN_MEMBERS + 1
     await layer.flush()
