@@ -127,7 +127,8 @@ return deliver(0, #KEYS, ARGV[1], ARGV[2], ARGV[3], 3, 3 + #KEYS)
 # then are the live members exactly the plan's. Otherwise the slow way: the digest of the
 # live members, computed in Lua; when it matches, the snapshot is made anew after the
 # delivery, so the next send of this plan takes the quick way. A ZDIFF the ACL refuses
-# means the slow way every time (and no snapshot made in vain). A snapshot ttl of 0 (a
+# means the slow way, and the snapshot is left to expire instead of being kept alive, so
+# ZDIFF is tried (and logged as refused) again only once per snapshot ttl. A snapshot ttl of 0 (a
 # small group, whose digest costs little) means the slow way and no snapshot.
 # KEYS[1] group key, KEYS[2] its snapshot, KEYS[3..n+2] channel keys
 # ARGV: group cutoff ("(score"), member digest, score, expiry cutoff, key ttl,
@@ -175,7 +176,7 @@ if members and kept and not refused then
         zadd_all(snapshot, entries)
     end
 end
-if kept then
+if kept and not refused then
     redis.call('EXPIRE', snapshot, ARGV[6])
 end
 return over
