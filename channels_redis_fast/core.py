@@ -31,7 +31,14 @@ from .cluster_router import ClusterSlots, check_prefix
 from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection
 from .exceptions import RESERVED_KEY, InvalidMessageError, ReservedKeyError, WrongClientPrefixError
 from .flush import flush_node
-from .group_plan import NO_DESTINATIONS, GroupPlans, ShardPlan, make_plan
+from .group_plan import (
+    NO_DESTINATIONS,
+    SNAPSHOT_SUFFIX,
+    GroupPlans,
+    ShardPlan,
+    bundled_payloads,
+    make_plan,
+)
 from .loop_connections import LoopConnections
 from .routing import HashRing, Router
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
@@ -599,8 +606,8 @@ class RedisChannelLayer(BaseChannelLayer):
         plan = self._group_plans.get(group)
         if plan is not None:
             shard = plan.by_shard.get(group_node, NO_DESTINATIONS)
-            keys = [key, *shard.keys]
-            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
+            keys = [key, key + SNAPSHOT_SUFFIX, *shard.keys]
+            args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl, plan.snapshot_ttl,
                     *self._group_payloads(message, shard), *shard.capacities]
             if plan.on_group_shard:
                 over = await group_send_known_script(connection, keys, args)
@@ -639,6 +646,12 @@ class RedisChannelLayer(BaseChannelLayer):
     def _group_payloads(self, message: dict, shard: ShardPlan) -> list[bytes]:
         # Members living in one process share one message, as channels_redis bundles
         # them: __asgi_channel__ lists every local channel it is for.
+        serializer = self._serializer
+        if type(serializer) is MsgPackSerializer and serializer.crypter is None:
+            if type(serializer.random_prefix_length) is int and serializer.random_prefix_length >= 0:
+                bundled = bundled_payloads(message, shard, serializer.random_prefix_length)
+                if bundled is not None:
+                    return bundled
         payloads = []
         for names in shard.names:
             copy = dict(message)

@@ -49,6 +49,6 @@ def own_key_pattern(prefix: str) -> re.Pattern:
     # braces of its own (a cluster hash tag such as "{asgi}").
     inflight = rb"\$inflight(?:\{(?:[^{}]*|" + escaped + name + rb")\}[0-9a-f]+\.\d+)?"
     channel = name + rb"(?:" + inflight + rb")?"
-    group = rb":group:[a-zA-Z\d\-_.]+"
+    group = rb":group:[a-zA-Z\d\-_.]+(?:\$plan)?"  # with group_plan's member snapshot
     return re.compile(escaped + rb"(?:" + channel + rb"|" + group + rb")\Z")
 

@@ -93,42 +93,6 @@ local function deliver(kbase, n, score, cutoff, ttl, mbase, cbase)
 end
 """
 
-# KEYS: n channel keys
-# ARGV: score, expiry cutoff, key ttl, member_1..member_n, capacity_1..capacity_n
-GROUP_SEND = DELIVER + """
-return deliver(0, #KEYS, ARGV[1], ARGV[2], ARGV[3], 3, 3 + #KEYS)
-"""
-
-# As GROUP_SEND, after checking that the group still has the members a cached plan was
-# made from (see group_plan.py); returns -1, writing nothing, when it does not.
-# KEYS[1] group key, KEYS[2..n+1] channel keys
-# ARGV: group cutoff ("(score"), member digest, score, expiry cutoff, key ttl,
-#       member_1..member_n, capacity_1..capacity_n
-GROUP_SEND_KNOWN = DELIVER + """
-local members = redis.call('ZRANGE', KEYS[1], string.sub(ARGV[1], 2), '+inf', 'BYSCORE')
-if #members == 0 or redis.sha1hex(table.concat(members, '\\n')) ~= ARGV[2] then
-    return -1
-end
-local n = #KEYS - 1
-local over = deliver(1, n, ARGV[3], ARGV[4], ARGV[5], 5, 5 + n)
-if type(over) == 'table' then
-    return over
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-return over
-"""
-
-# KEYS[1] group key
-# ARGV: score (now), channel, key ttl (whole seconds)
-GROUP_ADD = REFUSED + """
-local added = redis.pcall('ZADD', KEYS[1], ARGV[1], ARGV[2])
-if type(added) == 'table' then
-    return refused(added)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return added
-"""
-
 # A shared work queue cannot be read first and removed later (other processes pop it
 # too), so the pump pops into a backup instead: the members it takes stay in its own
 # in-flight key, with their scores, until it has them, and a pop whose reply was lost
@@ -145,6 +109,88 @@ local function zadd_all(key, pairs)
         redis.call('ZADD', key, unpack(args))
     end
 end
+"""
+
+# KEYS: n channel keys
+# ARGV: score, expiry cutoff, key ttl, member_1..member_n, capacity_1..capacity_n
+GROUP_SEND = DELIVER + """
+return deliver(0, #KEYS, ARGV[1], ARGV[2], ARGV[3], 3, 3 + #KEYS)
+"""
+
+# As GROUP_SEND, after checking that the group still has the members a cached plan was
+# made from (see group_plan.py); returns -1, writing nothing, when it does not.
+#
+# The check has two ways. The quick one compares the group with its snapshot (a copy of
+# the members, all scored 0, whose first member is "\0" followed by the digest of the plan
+# it was made for): the snapshot is of this plan, the group has as many members plus none
+# expired, and ZDIFF (in C, no Lua string per member) finds no member outside it. Only
+# then are the live members exactly the plan's. Otherwise the slow way: the digest of the
+# live members, computed in Lua; when it matches, the snapshot is made anew after the
+# delivery, so the next send of this plan takes the quick way. A ZDIFF the ACL refuses
+# means the slow way, and the snapshot is left to expire instead of being kept alive, so
+# ZDIFF is tried (and logged as refused) again only once per snapshot ttl. A snapshot ttl of 0 (a
+# small group, whose digest costs little) means the slow way and no snapshot.
+# KEYS[1] group key, KEYS[2] its snapshot, KEYS[3..n+2] channel keys
+# ARGV: group cutoff ("(score"), member digest, score, expiry cutoff, key ttl,
+#       snapshot ttl (whole seconds), member_1..member_n, capacity_1..capacity_n
+GROUP_SEND_KNOWN = DELIVER + ZADD_ALL + """
+local group, snapshot, mark = KEYS[1], KEYS[2], '\\0' .. ARGV[2]
+local size = redis.call('ZCARD', group)
+if size == 0 then
+    return -1
+end
+local kept = ARGV[6] ~= '0'
+local quick, refused = false, false
+if kept and redis.call('ZRANGE', snapshot, 0, 0)[1] == mark and redis.call('ZCARD', snapshot) == size + 1
+        and #redis.call('ZRANGE', group, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, 1) == 0 then
+    local outside = redis.pcall('ZDIFF', 2, group, snapshot)
+    if outside.err then
+        refused = true
+    else
+        quick = #outside == 0
+    end
+end
+local members
+if not quick then
+    members = redis.call('ZRANGE', group, string.sub(ARGV[1], 2), '+inf', 'BYSCORE')
+    if #members == 0 or redis.sha1hex(table.concat(members, '\\n')) ~= ARGV[2] then
+        return -1
+    end
+end
+local n = #KEYS - 2
+local over = deliver(2, n, ARGV[3], ARGV[4], ARGV[5], 6, 6 + n)
+if type(over) == 'table' then
+    return over
+end
+redis.call('ZREMRANGEBYSCORE', group, '-inf', ARGV[1])
+if members and kept and not refused then
+    -- Under maxmemory the snapshot (only a shortcut) is skipped when its first write
+    -- is refused; once one went through, the rest cannot be.
+    if type(redis.pcall('ZADD', snapshot, 0, mark)) == 'number' then
+        redis.call('ZREMRANGEBYSCORE', snapshot, '-inf', '+inf')
+        local entries = {mark, 0}
+        for i = 1, #members do
+            entries[#entries + 1] = members[i]
+            entries[#entries + 1] = 0
+        end
+        zadd_all(snapshot, entries)
+    end
+end
+if kept and not refused then
+    redis.call('EXPIRE', snapshot, ARGV[6])
+end
+return over
+"""
+
+# KEYS[1] group key
+# ARGV: score (now), channel, key ttl (whole seconds)
+GROUP_ADD = REFUSED + """
+local added = redis.pcall('ZADD', KEYS[1], ARGV[1], ARGV[2])
+if type(added) == 'table' then
+    return refused(added)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return added
 """
 
 # KEYS[1] work-queue key, KEYS[2] this pump's in-flight key

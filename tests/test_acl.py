@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from channels_redis_fast.core import RedisChannelLayer
+from channels_redis_fast.group_plan import SNAPSHOT_MIN_MEMBERS
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.testing import RedisServer
 
@@ -21,11 +22,13 @@ PASSWORD = "crf-acl-password"
 #: The README's rule for the core layer (keys under the default prefix "asgi").
 CORE_RULE = (
     "resetkeys ~asgi* resetchannels -@all "
-    "+evalsha +eval +bzpopmin +zpopmin +zadd +zrem +zrange +zcard +zremrangebyscore "
+    "+evalsha +eval +bzpopmin +zpopmin +zadd +zrem +zrange +zcard +zdiff +zremrangebyscore "
     "+expire +scan +type +unlink +client|id +client|unblock"
 )
 #: Without CLIENT ID/UNBLOCK: stopping a receive waits out its block (brpop_timeout).
 CORE_RULE_NO_UNBLOCK = CORE_RULE.replace(" +client|id +client|unblock", "")
+#: The rule of releases before group_send's snapshot check (no ZDIFF).
+CORE_RULE_NO_ZDIFF = CORE_RULE.replace(" +zdiff", "")
 #: The README's rule for the pub/sub layer: its own channels (new_channel, groups) are
 #: "asgi…"; channels your code names itself need their own patterns ("&chat.*").
 PUBSUB_RULE = "resetkeys resetchannels &asgi* &chat.* -@all +publish +subscribe +unsubscribe +ping"
@@ -38,6 +41,7 @@ def acl_server():
     for name, rule in (
         ("crf", CORE_RULE),
         ("crf-nounblock", CORE_RULE_NO_UNBLOCK),
+        ("crf-nozdiff", CORE_RULE_NO_ZDIFF),
         ("crf-pubsub", PUBSUB_RULE),
     ):
         admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}", *rule.split())
@@ -119,6 +123,32 @@ async def test_core_layer_without_client_unblock(acl_server, admin):
         assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "b"
     finally:
         await layer.close_pools()
+
+
+@pytest.mark.asyncio
+async def test_group_send_without_zdiff(acl_server, admin):
+    # Under an earlier release's rule the script's ZDIFF is refused and the remembered plan
+    # is checked by its digest instead: every send still reaches the members.
+    layer = RedisChannelLayer(hosts=[_url(acl_server, "crf-nozdiff")])
+    try:
+        channels = [await layer.new_channel() for _ in range(SNAPSHOT_MIN_MEMBERS)]  # keeps a snapshot
+        for channel in channels:
+            await layer.group_add("room", channel)
+        for n in range(4):
+            await layer.group_send("room", {"type": "g", "n": n})
+            for channel in channels:
+                assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "g", "n": n}
+        assert "room" in layer._group_plans
+        # The refused quick way leaves its snapshot to expire (not refreshed each send),
+        # so the refusal is retried, and logged, only once per snapshot ttl.
+        assert 0 < admin.ttl(b"asgi:group:room$plan") <= 300
+        await asyncio.sleep(1.1)
+        await layer.group_send("room", {"type": "g", "n": 9})
+        assert admin.ttl(b"asgi:group:room$plan") < 300
+    finally:
+        await layer.flush()
+    refused = {entry["object"] for entry in _denied(admin, "crf-nozdiff")}
+    assert refused == {"zdiff"}
 
 
 def test_user_cannot_keys_or_flush(acl_server, admin):

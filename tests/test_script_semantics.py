@@ -60,23 +60,59 @@ def test_scripts_match_the_model_on_random_states(redis_server, redis_url):
             result = client.eval(GROUP_SEND, len(keys), *keys, NOW, NOW - EXPIRY, EXPIRY, *payloads, *capacities)
             assert result == sum(_deliver(state, added, k, p, c) for k, p, c in zip(keys, payloads, capacities))
         else:
-            members = {b"c%d" % i: NOW - rnd.choice([0, GROUP_EXPIRY, GROUP_EXPIRY + 1]) for i in range(3)}
-            client.zadd("asgi:group:g", members)
-            # In ZRANGE's order (score, then name), as the digest of a plan is made.
-            live = [m for m, s in sorted(members.items(), key=lambda i: (i[1], i[0])) if s >= NOW - GROUP_EXPIRY]
-            matches = bool(live) and rnd.random() < 0.8
-            digest = hashlib.sha1(b"\n".join(live)).hexdigest() if matches else "0" * 40
-            result = client.eval(
-                GROUP_SEND_KNOWN, len(keys) + 1, "asgi:group:g", *keys, f"({NOW - GROUP_EXPIRY!r}", digest,
-                NOW, NOW - EXPIRY, EXPIRY, *payloads, *capacities,
-            )
-            if matches:
-                assert result == sum(_deliver(state, added, k, p, c) for k, p, c in zip(keys, payloads, capacities))
-                assert client.zrange("asgi:group:g", 0, -1) == live
-            else:
-                assert result == -1  # and nothing written, not even the group's pruning
-                assert len(client.zrange("asgi:group:g", 0, -1)) == 3
+            _known(client, rnd, keys, payloads, capacities, state, added)
         assert _redis_state(client, keys) == state
         for key in state:
             # EXPIRE where a message was added; keys made by the test have no TTL.
             assert (0 < client.ttl(key) <= EXPIRY) if key in added else client.ttl(key) == -1
+
+
+SNAPSHOT = "asgi:group:g$plan"
+
+
+def _known(client, rnd, keys, payloads, capacities, state, added) -> None:
+    """GROUP_SEND_KNOWN: it delivers exactly when the live members are the plan's.
+
+    Either way of the check may decide: the digest (which also sees the order) or the
+    snapshot of the plan's members, which a send that passed the digest leaves behind.
+    """
+    members = {b"c%d" % i: NOW - rnd.choice([0, 0, 0, GROUP_EXPIRY, GROUP_EXPIRY + 1]) for i in range(3)}
+    client.zadd("asgi:group:g", members)
+    # In ZRANGE's order (score, then name), as the digest of a plan is made.
+    live = [m for m, s in sorted(members.items(), key=lambda i: (i[1], i[0])) if s >= NOW - GROUP_EXPIRY]
+    plan = rnd.choice([live, live, live[::-1], live[1:], [*live, b"c9"], [b"c9"]])
+    digest = hashlib.sha1(b"\n".join(plan)).hexdigest()
+    mark = b"\0" + digest.encode()
+    snapshot_kind = rnd.choice(["none", "plan", "plan", "other mark", "other members"])
+    snapshot = {
+        "none": set(),
+        "plan": {mark, *plan},
+        "other mark": {b"\0" + b"0" * 40, *plan},
+        "other members": {mark, *plan[1:], b"c8"},
+    }[snapshot_kind]
+    if snapshot:
+        client.zadd(SNAPSHOT, {m: 0 for m in snapshot})
+    group_before = client.zrange("asgi:group:g", 0, -1, withscores=True)
+    ttl = rnd.choice([300, 300, 0])  # 0: a small group, checked by digest, no snapshot
+    quick = ttl > 0 and snapshot_kind == "plan" and set(plan) == set(members)  # none expired either
+    matches = bool(live) and set(plan) == set(live) and (quick or plan == live)
+    result = client.eval(
+        GROUP_SEND_KNOWN, len(keys) + 2, "asgi:group:g", SNAPSHOT, *keys, f"({NOW - GROUP_EXPIRY!r}", digest,
+        NOW, NOW - EXPIRY, EXPIRY, ttl, *payloads, *capacities,
+    )
+    if matches:
+        assert result == sum(_deliver(state, added, k, p, c) for k, p, c in zip(keys, payloads, capacities))
+        assert client.zrange("asgi:group:g", 0, -1) == live
+        if ttl:
+            # The snapshot now stands for this plan's members, whichever way decided.
+            assert set(client.zrange(SNAPSHOT, 0, -1)) == {mark, *live}
+            assert set(client.zrange(SNAPSHOT, 0, -1, withscores=True)) == {(m, 0.0) for m in (mark, *live)}
+            assert 0 < client.ttl(SNAPSHOT) <= 300
+        else:
+            assert set(client.zrange(SNAPSHOT, 0, -1)) == snapshot
+            assert client.ttl(SNAPSHOT) == (-1 if snapshot else -2)
+    else:
+        assert result == -1  # and nothing written: not the group's pruning, not the snapshot
+        assert client.zrange("asgi:group:g", 0, -1, withscores=True) == group_before
+        assert set(client.zrange(SNAPSHOT, 0, -1)) == snapshot
+        assert client.ttl(SNAPSHOT) == (-1 if snapshot else -2)
