@@ -134,7 +134,9 @@ class RedisChannelLayer(BaseChannelLayer):
         #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
         self._sync = SyncBridge(self)
         #: Messages to this instance's own process channels skip Redis (local_delivery.py).
-        self._local = CoreDelivery(self) if local_delivery else None
+        # (Only with msgpack, whose decoding plain_copy mirrors; other serializers keep Redis.)
+        local = local_delivery and isinstance(self._serializer, MsgPackSerializer)
+        self._local = CoreDelivery(self) if local else None
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__}(hosts={self.hosts})"
@@ -606,9 +608,10 @@ class RedisChannelLayer(BaseChannelLayer):
         group_cutoff = f"({now - self.group_expiry!r}"
         plan = self._group_plans.get(group)
         here: tuple[str, ...] = ()  # our own members, delivered in process (local_delivery.py)
+        item: Any = None
         if plan is not None:
             if self._local is not None:
-                plan, here = self._local.split(group, plan, group_node, state.loop)
+                plan, here, item = self._local.split(group, plan, group_node, message, state.loop)
             shard = plan.by_shard.get(group_node, NO_DESTINATIONS)
             keys = [key, *shard.keys]
             args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl,
@@ -628,7 +631,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 over += sum(others)
             if over >= 0:
                 if here:
-                    over += self._local.group(here, message, state.loop)  # type: ignore[union-attr]
+                    over += self._local.group(here, item, state.loop)  # type: ignore[union-attr]
                 self._count_group_over(over, plan.member_count, group)
                 return
             # The members changed since the plan was made: read them again.
@@ -641,11 +644,11 @@ class RedisChannelLayer(BaseChannelLayer):
         plan = make_plan(members, group_node, self.prefix, self.router.node_of, self.get_capacity)
         self._group_plans.remember(group, plan)
         if self._local is not None:
-            plan, here = self._local.split(group, plan, group_node, state.loop)
+            plan, here, item = self._local.split(group, plan, group_node, message, state.loop)
         sends = [(state.commands[node], *self._shard_send(message, part, now)) for node, part in plan.by_shard.items()]
         over = sum(await group_send_script.run_each(sends)) if sends else 0
         if here:
-            over += self._local.group(here, message, state.loop)  # type: ignore[union-attr]
+            over += self._local.group(here, item, state.loop)  # type: ignore[union-attr]
         self._count_group_over(over, plan.member_count, group)
 
     def _shard_send(self, message: dict, shard: ShardPlan, now: float) -> tuple[list, list]:

@@ -6,7 +6,8 @@ a message for it needs neither Redis nor serialization: it goes straight into th
 channel's :class:`~.local_channel.LocalChannel`, waking its receiver. The rules are those
 of the Redis path, so a consumer cannot tell the two apart:
 
-* the receiver gets a copy it owns (nested dicts and lists too), never the sender's dict;
+* the receiver gets a copy it owns, equal to what decoding would give, never the sender's
+  dict; a message the Redis path would refuse (or change) takes that path instead;
 * capacity counts what the channel already holds, however it came (``ChannelFull`` in the
   core layer; the oldest dropped in the pub/sub layer, as its buffers do);
 * a buffered message older than ``expiry`` is removed before anyone receives it;
@@ -37,7 +38,7 @@ from .group_plan import GroupPlan, ShardPlan
 from .local_channel import LocalChannel
 from .speedups import ChannelBuffer
 
-__all__ = ["CoreDelivery", "CoreOwner", "Expiry", "owned_copy"]
+__all__ = ["CoreDelivery", "CoreOwner", "Expiry", "plain_copy"]
 
 #: A channel's expiry records are pruned of messages already received once they number
 #: this many times the channel's buffer size (so they stay bounded by the buffer).
@@ -47,26 +48,54 @@ PRUNE_FACTOR = 2
 SWEEP_RETRY = 1.0
 
 
-def owned_copy(message: dict) -> dict:
-    """A copy of ``message`` the receiver owns: its dicts, lists and bytearrays are new
-    objects (as decoding gives), its immutable values shared."""
-    copy = dict(message)
-    for key, value in copy.items():
+class _NotPlain(Exception):
+    """A value the Redis path would refuse or change: such a message takes that path."""
+
+
+#: msgpack's integer range.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def plain_copy(message: dict) -> dict | None:
+    """A copy of ``message`` the receiver owns, equal to what decoding it would give: new
+    dicts and lists (tuples become lists, bytearrays bytes, as msgpack makes them), shared
+    immutable values. None when it holds anything else (an object msgpack cannot pack, an
+    out-of-range int, a map key that is not str or bytes, a subclass): the Redis path then
+    raises or converts exactly as before."""
+    try:
+        return _plain_dict(message)
+    except _NotPlain:
+        return None
+
+
+def _plain_dict(mapping: dict) -> dict:
+    copy = {}
+    for key, value in mapping.items():
+        if type(key) is not str and type(key) is not bytes:
+            raise _NotPlain
         kind = type(value)
-        if kind is dict or kind is list or kind is bytearray:
-            copy[key] = _copy_value(value)
+        if kind is str or kind is float or kind is bool or value is None or kind is bytes:
+            copy[key] = value
+        else:
+            copy[key] = _plain(value)
     return copy
 
 
-def _copy_value(value: Any) -> Any:
+def _plain(value: Any) -> Any:
     kind = type(value)
+    if kind is str or kind is float or kind is bool or value is None or kind is bytes:
+        return value
+    if kind is int:
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        raise _NotPlain
     if kind is dict:
-        return {key: _copy_value(item) for key, item in value.items()}
-    if kind is list:
-        return [_copy_value(item) for item in value]
+        return _plain_dict(value)
+    if kind is list or kind is tuple:
+        return [_plain(item) for item in value]
     if kind is bytearray:
-        return bytearray(value)
-    return value
+        return bytes(value)
+    raise _NotPlain
 
 
 def make_room(local: LocalChannel, capacity: int) -> None:
@@ -109,6 +138,7 @@ class Expiry:
         self._due: list[tuple[float, int, LocalChannel]] = []
         self._serial = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def note(self, local: LocalChannel, item: Any, now: float, loop: asyncio.AbstractEventLoop) -> None:
         """``item`` was buffered in ``local`` at ``now`` on ``loop``."""
@@ -117,11 +147,18 @@ class Expiry:
         if records is None:
             records = self._records[local] = collections.deque()
             heapq.heappush(self._due, (deadline, next(self._serial), local))
-            if self._timer is None:
-                self._timer = loop.call_later(max(0.0, deadline - now), self._sweep, loop)
+        if self._timer is None or (self._timer_loop is not loop and self._timer_loop.is_closed()):  # type: ignore[union-attr]
+            # (A timer left on a loop closed since, asyncio.run per call, never fires.)
+            self._schedule(loop, now)
         records.append((deadline, item))
         if len(records) > PRUNE_FACTOR * max(local.maxsize, 32):
             self._prune(local, records, now, expire=False)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(max(0.0, self._due[0][0] - now), self._sweep, loop)
+        self._timer_loop = loop
 
     def clear(self) -> None:
         """Forget every record (flush dropped the buffers)."""
@@ -135,6 +172,7 @@ class Expiry:
         self._timer = None
         if not self._may_sweep(loop):
             self._timer = loop.call_later(SWEEP_RETRY, self._sweep, loop)
+            self._timer_loop = loop
             return
         now = time.time()
         due = self._due
@@ -148,7 +186,7 @@ class Expiry:
             else:
                 self._records.pop(local, None)
         if due:
-            self._timer = loop.call_later(max(0.0, due[0][0] - now), self._sweep, loop)
+            self._schedule(loop, now)
 
     def _prune(self, local: LocalChannel, records: collections.deque, now: float, expire: bool) -> None:
         """Drop records of messages no longer buffered; with ``expire``, also take the
@@ -238,7 +276,10 @@ class CoreDelivery:
         Raises ChannelFull when the channel already holds its capacity."""
         if not channel[: bang + 1].endswith(self.layer._own_suffix) or not self.loop_ok(loop):
             return False
-        if not self._put(channel, owned_copy(message), time.time(), loop):
+        item = plain_copy(message)
+        if item is None:
+            return False
+        if not self._put(channel, item, time.time(), loop):
             self.layer.stats_counters["channel_full"] += 1
             raise ChannelFull(channel)
         self.layer.stats_counters["sent_local"] += 1
@@ -263,17 +304,27 @@ class CoreDelivery:
 
     # -- groups -------------------------------------------------------------------------
     def split(
-        self, group: str, plan: GroupPlan, group_node: int, loop: asyncio.AbstractEventLoop
-    ) -> tuple[GroupPlan, tuple[str, ...]]:
-        """(what Redis still delivers, our members) of a group's plan.
+        self, group: str, plan: GroupPlan, group_node: int, message: dict, loop: asyncio.AbstractEventLoop
+    ) -> tuple[GroupPlan, tuple[str, ...], Any]:
+        """(what Redis still delivers, our members, the message for them) of a group's plan.
 
         The plan's digest still covers every member, so the group's check in Redis sees
         a membership change made by any process exactly as before."""
         if not self.loop_ok(loop):
-            return plan, ()
+            return plan, (), None
         known = self._splits.get(group)
-        if known is not None and known[0] is plan:
-            return known[1], known[2]
+        if known is None or known[0] is not plan:
+            known = self._split(group, plan, group_node)
+        if not known[2]:
+            return plan, (), None
+        item = plain_copy(message)
+        if item is None:
+            return plan, (), None
+        return known[1], known[2], item
+
+    def _split(
+        self, group: str, plan: GroupPlan, group_node: int
+    ) -> tuple[GroupPlan, GroupPlan, tuple[str, ...]]:
         suffix = self.layer._own_suffix
         here: list[str] = []
         by_shard: dict[int, ShardPlan] = {}
@@ -297,17 +348,17 @@ class CoreDelivery:
             remote = dataclasses.replace(plan, by_shard=by_shard, on_group_shard=set(by_shard) <= {group_node})
         if len(self._splits) >= 1024:
             self._splits.clear()
-        self._splits[group] = (plan, remote, tuple(here))
-        return remote, tuple(here)
+        known = self._splits[group] = (plan, remote, tuple(here))
+        return known
 
-    def group(self, names: tuple[str, ...], message: dict, loop: asyncio.AbstractEventLoop) -> int:
-        """Deliver a group message to our members ``names``; how many were at capacity
-        (skipped, as Redis skips a full process key)."""
-        item = owned_copy(message)
+    def group(self, names: tuple[str, ...], item: dict, loop: asyncio.AbstractEventLoop) -> int:
+        """Deliver a group message (split's copy) to our members ``names``; how many were
+        at capacity (skipped, as Redis skips a full process key)."""
         now = time.time()
         over = 0
+        put = self._put
         for name in names:
-            if not self._put(name, item, now, loop):
+            if not put(name, item, now, loop):
                 over += 1
         self.layer.stats_counters["group_sent_local"] += len(names) - over
         return over

@@ -35,8 +35,8 @@ from channels.layers import BaseChannelLayer
 from .connection import DEFAULT_REPLY_TIMEOUT
 from .exceptions import InvalidMessageError
 from .local_channel import EMPTY, LocalChannel
-from .local_delivery import owned_copy
-from .serializers import registry
+from .local_delivery import plain_copy
+from .serializers import MsgPackSerializer, registry
 from .subscriber import Shard
 from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
@@ -249,7 +249,9 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         # so only strict mode enforces the channel-layer spec's "messages are dicts".
         self.strict_messages = strict_messages
         self.reply_timeout = reply_timeout
-        self.local_delivery = local_delivery
+        serializer = channel_layer._serializer if channel_layer is not None else None
+        # (Only with msgpack, whose decoding plain_copy mirrors; other serializers keep Redis.)
+        self.local_delivery = local_delivery and isinstance(serializer, MsgPackSerializer)
         #: Messages delivered in process (to channels made here), since the layer was made.
         self.sent_local = 0
         self.channels: dict[str, _LocalChannel] = {}
@@ -356,10 +358,13 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
             self._valid_channels.require(channel)
         local = self.channels.get(channel)
         if local is not None and local.made_here and type(message) is dict:
-            # Only this layer listens on a channel it made: no PUBLISH, no serialization.
-            self._put(local, owned_copy(message))
-            self.sent_local += 1
-            return
+            # Only this layer listens on a channel it made: no PUBLISH, no serialization
+            # (unless the message is one PUBLISH would refuse or change: plain_copy).
+            item = plain_copy(message)
+            if item is not None:
+                self._put(local, item)
+                self.sent_local += 1
+                return
         data = self._serialize(message)
         await self._get_shard(channel).publish(channel, data)
 
