@@ -9,7 +9,8 @@ Rows (core layer, private Redis started here, one run each, medians of ``--repea
   *all-remote*: every member in another process (a child started here); *half-local*:
   half of them in the sender's process, half in the child, with local delivery on and
   off. Rate = deliveries/s from the first send to the last delivery in either process.
-  Target: half-local (on) >= 1.5x all-remote.
+  Target: half-local (on) >= 1.5x all-remote. Also a group of half that size wholly in
+  the sender's process, local delivery on and off.
 
     python bench/local_delivery.py [--members 200] [--sends 200] [--roundtrips 3000] [--repeats 3]
 """
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         remote = median_of(args.repeats, lambda: group_run(url, args.members, 0, args.sends, True))
         half_on = median_of(args.repeats, lambda: group_run(url, args.members, half, args.sends, True))
         half_off = median_of(args.repeats, lambda: group_run(url, args.members, half, args.sends, False))
+        here_on = median_of(args.repeats, lambda: group_run(url, half, half, args.sends, True))
+        here_off = median_of(args.repeats, lambda: group_run(url, half, half, args.sends, False))
     finally:
         server.stop()
 
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         (f"group of {args.members}, all in another process", remote, "deliveries/s"),
         (f"group of {args.members}, half local, local on", half_on, "deliveries/s"),
         (f"group of {args.members}, half local, local off", half_off, "deliveries/s"),
+        (f"group of {half}, all in this process, local on", here_on, "deliveries/s"),
+        (f"group of {half}, all in this process, local off", here_off, "deliveries/s"),
     ]
     for label, rate, unit in rows:
         print(f"{label:<48}{rate:>14,.0f} {unit}")
@@ -167,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         ("half-local group >= 1.5x all-remote", half_on / remote, 1.5),
     ]
     print(f"half-local group, local on vs off: {half_on / half_off:.2f}x")
+    print(f"group all in this process, local on vs off: {here_on / here_off:.2f}x")
     missed = 0
     for label, ratio, target in verdicts:
         ok = ratio >= target
