@@ -107,6 +107,7 @@ def make_room(local: LocalChannel, capacity: int) -> None:
     if capacity <= local.maxsize or local.maxsize <= 0 or len(local) < local.maxsize:
         return
     wider = ChannelBuffer(capacity)
+    wider.dropped = local.dropped  # stats() sums what buffers dropped
     while len(local):
         wider.put_nowait(local.get_nowait())
     local.buffer = wider
@@ -147,12 +148,23 @@ class Expiry:
         if records is None:
             records = self._records[local] = collections.deque()
             heapq.heappush(self._due, (deadline, next(self._serial), local))
-        if self._timer is None or (self._timer_loop is not loop and self._timer_loop.is_closed()):  # type: ignore[union-attr]
-            # (A timer left on a loop closed since, asyncio.run per call, never fires.)
+        if self._timer is None:
             self._schedule(loop, now)
+        else:
+            self.adopt(loop, now)
         records.append((deadline, item))
         if len(records) > PRUNE_FACTOR * max(local.maxsize, 32):
             self._prune(local, records, now, expire=False)
+
+    def adopt(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        """Move the timer to ``loop`` if its own loop was closed since (``asyncio.run`` per
+        call): a timer there never fires."""
+        old = self._timer_loop
+        if self._due and old is not None and old is not loop and old.is_closed():
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._sweep(loop)  # what is overdue goes now, before anything else is put
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         if self._timer is not None:
@@ -259,6 +271,7 @@ class CoreDelivery:
             return True
         if owner is None or owner.is_closed():
             self._loop = loop
+            self.expiry.adopt(loop, time.time())
             return True
         return False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import redis
@@ -221,6 +222,30 @@ async def test_expired_messages_are_not_delivered(layers, local_delivery):
     await nothing_arrives(layer, channel)
     if local_delivery:
         assert layer.stats_counters["expired"] == 1
+
+
+def test_expiry_outlives_the_loop_that_buffered(redis_url):
+    """asyncio.run per call: the loop that buffered a message is closed before it expires;
+    the next loop to deliver locally takes over its expiry."""
+    layer = RedisChannelLayer(hosts=[redis_url], expiry=1)
+
+    async def first():
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "old"})
+        return channel
+
+    channel = asyncio.run(first())
+    time.sleep(1.3)
+
+    async def second():
+        await layer.send(channel, {"type": "new"})
+        received = await receive_soon(layer, channel)
+        await nothing_arrives(layer, channel)
+        await layer.flush()
+        return received
+
+    assert asyncio.run(second())["type"] == "new"
+    assert layer.stats_counters["expired"] == 1
 
 
 async def test_order_per_sender_across_sends_and_group_sends(layers, local_delivery):
