@@ -11,8 +11,11 @@ over both, and lets S of them send in a closed loop (each waits for its own mess
 back before sending the next).  Every message goes to all N clients.
 
 Reported per layer: messages/s (group_sends completed), deliveries/s (messages x clients
-that got them), p50/p99 send-to-receive latency over all deliveries, and the number of Redis
-connections at the end.  Everything runs on this machine, so the client, both servers and
+that got them), p50/p99 send-to-receive latency over all deliveries, the number of Redis
+connections at the end, and Redis commands per chat message (INFO commandstats over the
+measured window, commands Lua scripts run included, divided by the group_sends completed).
+``fast-nolocal`` is channels_redis_fast with ``local_delivery`` off: the members a Daphne
+process holds itself cost Redis traffic again.  Everything runs on this machine, so the client, both servers and
 Redis share its cores: compare the layers with each other, not with other machines.
 
 Importable: ``run_chat(backend, clients=..., senders=..., duration=...)`` returns the dict.
@@ -36,7 +39,11 @@ from pathlib import Path
 from channels_redis_fast.testing import LOOPBACK, RedisServer, free_port
 
 CHATSITE = Path(__file__).resolve().parent.parent / "tests" / "chatsite"
-BACKENDS = {"fast": "channels_redis_fast", "stock": "channels_redis 4.3"}
+BACKENDS = {
+    "fast": "channels_redis_fast",
+    "fast-nolocal": "crf, local_delivery off",
+    "stock": "channels_redis 4.3",
+}
 START_TIMEOUT = 20.0
 
 
@@ -47,7 +54,8 @@ def start_daphne(name: str, redis_url: str, backend: str, logdir: str) -> tuple[
         DJANGO_SETTINGS_MODULE="chatsite.settings",
         PYTHONPATH=os.pathsep.join(filter(None, [str(CHATSITE), env.get("PYTHONPATH")])),
         CRF_CHAT_REDIS_URL=redis_url,
-        CRF_CHAT_BACKEND=backend,
+        CRF_CHAT_BACKEND="fast" if backend == "fast-nolocal" else backend,
+        CRF_CHAT_LOCAL_DELIVERY="0" if backend == "fast-nolocal" else "1",
         CRF_CHAT_SERVER_NAME=name,
     )
     log = open(os.path.join(logdir, f"daphne-{name}.log"), "wb")
@@ -85,7 +93,17 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[index]
 
 
-async def drive(ports: list[int], clients: int, senders: int, duration: float, warmup: float) -> dict:
+def redis_commands(client) -> int:
+    """Commands the server ran so far (INFO, CONFIG and CLIENT, ours, left out)."""
+    return sum(
+        int(stats["calls"])
+        for name, stats in client.info("commandstats").items()
+        if name.removeprefix("cmdstat_").split("|")[0] not in ("info", "config", "client")
+    )
+
+
+async def drive(ports: list[int], clients: int, senders: int, duration: float, warmup: float,
+                redis_client=None) -> dict:
     from websockets.asyncio.client import connect
 
     room = "bench"
@@ -141,11 +159,13 @@ async def drive(ports: list[int], clients: int, senders: int, duration: float, w
     readers = [asyncio.create_task(reader(i, ws)) for i, ws in enumerate(sockets)]
     tasks = [asyncio.create_task(sender(i)) for i in range(min(senders, clients))]
     await asyncio.sleep(warmup)
+    commands_before = redis_commands(redis_client) if redis_client is not None else 0
     measuring = True
     started = time.perf_counter()
     await asyncio.sleep(duration)
     measuring = False
     elapsed = time.perf_counter() - started
+    commands = redis_commands(redis_client) - commands_before if redis_client is not None else None
     stopping = True
     messages = sum(await asyncio.wait_for(asyncio.gather(*tasks), 20))
     await asyncio.sleep(0.2)
@@ -165,6 +185,7 @@ async def drive(ports: list[int], clients: int, senders: int, duration: float, w
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 2) if latencies else None,
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 2) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        "redis_commands_per_message": round(commands / messages, 2) if commands is not None and messages else None,
     }
 
 
@@ -181,8 +202,8 @@ def run_chat(backend: str = "fast", clients: int = 40, senders: int = 8, duratio
                 proc, port = start_daphne(f"{backend}-{i}", redis.url, backend, logdir)
                 procs.append(proc)
                 ports.append(port)
-            result = asyncio.run(drive(ports, clients, senders, duration, warmup))
             client = redis.client()
+            result = asyncio.run(drive(ports, clients, senders, duration, warmup, client))
             me = client.client_id()
             result["redis_connections"] = sum(1 for c in client.client_list() if int(c["id"]) != me)
         finally:
@@ -195,7 +216,7 @@ def run_chat(backend: str = "fast", clients: int = 40, senders: int = 8, duratio
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", default="fast,stock", help="comma list of fast, stock")
+    parser.add_argument("--layers", default="fast,fast-nolocal,stock", help="comma list of fast, fast-nolocal, stock")
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -204,15 +225,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     results = []
-    header = f"{'layer':<22}{'clients':>8}{'senders':>8}{'msg/s':>10}{'deliv/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'conns':>7}"
+    header = (f"{'layer':<26}{'clients':>8}{'senders':>8}{'msg/s':>10}{'deliv/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'conns':>7}{'cmds/msg':>10}")
     print(header, flush=True)
     for backend in [b.strip() for b in args.layers.split(",") if b.strip()]:
         r = run_chat(backend, args.clients, args.senders, args.duration, args.warmup, args.processes)
         results.append(r)
         print(
-            f"{r['layer']:<22}{r['clients']:>8}{r['senders']:>8}{r['messages_per_s']:>10,.0f}"
+            f"{r['layer']:<26}{r['clients']:>8}{r['senders']:>8}{r['messages_per_s']:>10,.0f}"
             f"{r['deliveries_per_s']:>10,.0f}{r['p50_ms'] or float('nan'):>9.2f}{r['p99_ms'] or float('nan'):>9.2f}"
-            f"{r['redis_connections']:>7}",
+            f"{r['redis_connections']:>7}{r['redis_commands_per_message'] or float('nan'):>10.2f}",
             flush=True,
         )
     if args.json:

@@ -11,6 +11,11 @@ only.  Flow control, ChannelFull handling and timing are identical for every lay
 * a rate is deliveries per second inside the measured window, after a warm-up phase that
   opens connections, loads scripts and settles subscriptions.
 
+Sender and receivers of every workload here share one process (``Workload.same_process``).
+These workloads are meant to measure Redis traffic, so our layers run them with
+``local_delivery`` off (``Workload.local_delivery``): with it on, a message to the layer's
+own channel would never reach Redis (issue 16). bench/local_delivery.py measures that case.
+
 ``bench/run.py`` drives these by time; ``bench/test_e2e.py`` by message count.
 """
 
@@ -269,6 +274,10 @@ class Workload:
     pubsub_ok = True  # does the workload make sense for a pub/sub layer?
     shards = 1
     options: dict = {}
+    #: Sender and receivers in one process (every workload here): said in each report.
+    same_process = True
+    #: Our layers' in-process delivery; off so that these rows measure the Redis path.
+    local_delivery = False
 
     def __init__(self, spec: LayerSpec, urls: list[str]) -> None:
         if len(urls) < self.shards:
@@ -280,7 +289,10 @@ class Workload:
         self.tasks: list[asyncio.Task] = []
 
     def make_layer(self) -> Any:
-        layer = self.spec.make(self.urls, capacity=BENCH_CAPACITY, **self.options)
+        options = dict(self.options)
+        if not self.spec.anchor:  # channels_redis has no such option (and no such path)
+            options["local_delivery"] = self.local_delivery
+        layer = self.spec.make(self.urls, capacity=BENCH_CAPACITY, **options)
         self.layers.append(layer)
         return layer
 
@@ -489,6 +501,14 @@ WORKLOADS: dict[str, type[Workload]] = {
                 StreamEncrypted, StreamSharded, GroupSharded, Latency)
 }
 
+# Every report states where sender and receivers run, and that these rows take Redis.
+for _workload in WORKLOADS.values():
+    if _workload.same_process and "same process" not in _workload.description:
+        _workload.description += (
+            " [sender and receivers in one process; local_delivery off, so through Redis]"
+            if not _workload.local_delivery else " [sender and receivers in one process]"
+        )
+
 
 async def run_timed(
     workload: Workload,
@@ -546,7 +566,9 @@ async def churn(
     """
     # Default capacity (this is about memory, not throughput), and a prefix of its own:
     # the layers churn side by side on one Redis and must not flush each other's keys.
-    layer = spec.make([url], prefix=f"churn-{spec.name}")
+    # Sender and receiver share this process: local delivery off, so churn goes through Redis.
+    extra = {} if spec.anchor else {"local_delivery": False}
+    layer = spec.make([url], prefix=f"churn-{spec.name}", **extra)
     samples = [(0, rss_bytes())]
     state = {"started": 0, "done": 0}
     t0 = perf_counter()

@@ -44,6 +44,7 @@ from .routing import HashRing, Router
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
 from .serializers import MsgPackSerializer, registry
 from .local_channel import EMPTY, LocalChannel, LocalChannels
+from .local_delivery import CoreDelivery
 from .speedups import CapacityMatcher, demux_batch
 from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .utils import ValidNames, _consistent_hash, _wrap_close, decode_hosts, running_loop
@@ -84,6 +85,7 @@ class RedisChannelLayer(BaseChannelLayer):
         symmetric_encryption_keys: Iterable[str | bytes] | None = None,
         random_prefix_length: int = 12,
         serializer_format: str = "msgpack",
+        local_delivery: bool = True,
     ) -> None:
         if not isinstance(prefix, str):
             raise AssertionError("Prefix must be unicode")
@@ -138,6 +140,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self.router.on_change(self._group_plans.clear)
         #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
         self._sync = SyncBridge(self)
+        #: Messages to this instance's own process channels skip Redis (local_delivery.py).
+        # (Only with msgpack, whose decoding plain_copy mirrors; other serializers keep Redis.)
+        local = local_delivery and isinstance(self._serializer, MsgPackSerializer)
+        self._local = CoreDelivery(self) if local else None
 
     def __str__(self) -> str:
         return f"{self.__class__.__name__}(hosts={self.hosts})"
@@ -148,6 +154,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self.client_prefix = uuid.uuid4().hex
         self._own_suffix = self.client_prefix + "!"
         self._receive_routes.clear()
+        if self._local is not None:
+            self._local.forked()
 
     # -- serialization and naming ---------------------------------------------------
     def serialize(self, message: Any) -> bytes:
@@ -250,9 +258,11 @@ class RedisChannelLayer(BaseChannelLayer):
         self._check_message(message)
         if type(channel) is not str or channel not in self._valid_channels:
             self._valid_channels.require(channel)
+        bang = channel.find("!")
+        if bang >= 0 and self._local is not None and self._local.send(channel, bang, message, running_loop()):
+            return
         if self._cluster is not None:
             await self._cluster.ready()
-        bang = channel.find("!")
         if bang >= 0:
             message = dict(message)
             message[RESERVED_KEY] = channel
@@ -604,7 +614,11 @@ class RedisChannelLayer(BaseChannelLayer):
         now = time.time()
         group_cutoff = f"({now - self.group_expiry!r}"
         plan = self._group_plans.get(group)
+        here: tuple[str, ...] = ()  # our own members, delivered in process (local_delivery.py)
+        item: Any = None
         if plan is not None:
+            if self._local is not None:
+                plan, here, item = self._local.split(group, plan, group_node, message, state.loop)
             shard = plan.by_shard.get(group_node, NO_DESTINATIONS)
             keys = [key, key + SNAPSHOT_SUFFIX, *shard.keys]
             args = [group_cutoff, plan.digest, now, now - self.expiry, self._key_ttl, plan.snapshot_ttl,
@@ -623,6 +637,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 )
                 over += sum(others)
             if over >= 0:
+                if here:
+                    over += self._local.group(here, item, state.loop)  # type: ignore[union-attr]
                 self._count_group_over(over, plan.member_count, group)
                 return
             # The members changed since the plan was made: read them again.
@@ -634,8 +650,12 @@ class RedisChannelLayer(BaseChannelLayer):
             return
         plan = make_plan(members, group_node, self.prefix, self.router.node_of, self.get_capacity)
         self._group_plans.remember(group, plan)
+        if self._local is not None:
+            plan, here, item = self._local.split(group, plan, group_node, message, state.loop)
         sends = [(state.commands[node], *self._shard_send(message, part, now)) for node, part in plan.by_shard.items()]
-        over = sum(await group_send_script.run_each(sends))
+        over = sum(await group_send_script.run_each(sends)) if sends else 0
+        if here:
+            over += self._local.group(here, item, state.loop)  # type: ignore[union-attr]
         self._count_group_over(over, plan.member_count, group)
 
     def _shard_send(self, message: dict, shard: ShardPlan, now: float) -> tuple[list, list]:
@@ -675,6 +695,8 @@ class RedisChannelLayer(BaseChannelLayer):
         await asyncio.gather(*[flush_node(state.commands[node], self.prefix, per_key) for node in self.router.nodes])
         self._forget_buffers()
         self._group_plans.clear()
+        if self._local is not None:
+            self._local.flushed()
         await self.close_pools()
 
 

@@ -37,7 +37,8 @@ from channels.layers import BaseChannelLayer
 from .connection import DEFAULT_REPLY_TIMEOUT
 from .exceptions import InvalidMessageError
 from .local_channel import EMPTY, LocalChannel
-from .serializers import registry
+from .local_delivery import plain_copy
+from .serializers import MsgPackSerializer, registry
 from .subscriber import Shard
 from .sync_bridge import PER_CALL_LOOPS, SyncBridge
 from .subscriber import SubscriberProtocol as _SubscriberProtocol  # noqa: F401 - bench/fanout_cost.py
@@ -202,12 +203,15 @@ class RedisPubSubChannelLayer:
 class _LocalChannel(LocalChannel):
     """A subscribed channel in this process (see local_channel.py), and its groups."""
 
-    __slots__ = ("groups",)
+    __slots__ = ("groups", "made_here")
 
     def __init__(self, name: str, capacity: int) -> None:
         super().__init__(name, capacity)
         #: Group channel names this channel belongs to, so freeing it can leave them.
         self.groups: set[str] = set()
+        #: Made by this loop layer's new_channel() (and still subscribed since): sends to it
+        #: are delivered in process (local_delivery.py).
+        self.made_here = False
 
 
 class RedisPubSubLoopLayer(BaseChannelLayer):
@@ -226,6 +230,7 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         channel_capacity: dict | None = None,
         strict_messages: bool = False,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        local_delivery: bool = True,
         **kwargs: Any,
     ) -> None:
         # Core-layer options such as expiry/group_expiry have no meaning for pub/sub and
@@ -243,6 +248,11 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         # so only strict mode enforces the channel-layer spec's "messages are dicts".
         self.strict_messages = strict_messages
         self.reply_timeout = reply_timeout
+        serializer = channel_layer._serializer if channel_layer is not None else None
+        # (Only with msgpack, whose decoding plain_copy mirrors; other serializers keep Redis.)
+        self.local_delivery = local_delivery and isinstance(serializer, MsgPackSerializer)
+        #: Messages delivered in process (to channels made here), since the layer was made.
+        self.sent_local = 0
         self.channels: dict[str, _LocalChannel] = {}
         self._valid_channels = ValidNames(self.require_valid_channel_name)
         #: Group channel name (``{prefix}__group__{group}``) -> local member channel names.
@@ -305,7 +315,7 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         channels = self.channels
         return tuple(channels[m] for m in members if m in channels)
 
-    def _put(self, local: _LocalChannel, data: bytes) -> None:
+    def _put(self, local: _LocalChannel, data: Any) -> None:
         if local.put(data):
             self._note_drops(1, local.name)
 
@@ -355,6 +365,15 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         """PUBLISH ``message`` on ``channel`` (only current subscribers get it)."""
         if type(channel) is not str or channel not in self._valid_channels:
             self._valid_channels.require(channel)
+        local = self.channels.get(channel)
+        if local is not None and local.made_here and type(message) is dict:
+            # Only this layer listens on a channel it made: no PUBLISH, no serialization
+            # (unless the message is one PUBLISH would refuse or change: plain_copy).
+            item = plain_copy(message)
+            if item is not None:
+                self._put(local, item)
+                self.sent_local += 1
+                return
         data = self._serialize(message)
         await self._get_shard(channel).publish(channel, data)
 
@@ -362,7 +381,8 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
         """A new, already subscribed, process-local channel name."""
         channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
         self.require_valid_channel_name(channel)
-        await self._subscribe_channel(channel)
+        local = await self._subscribe_channel(channel)
+        local.made_here = self.local_delivery
         return channel
 
     async def _subscribe_channel(self, channel: str) -> _LocalChannel:

@@ -16,6 +16,8 @@ from .routing import Router
 #: Counters every core-layer report carries, zero when nothing happened yet.
 CORE_COUNTERS = (
     "sent",
+    "sent_local",
+    "group_sent_local",
     "received",
     "channel_full",
     "dropped",
@@ -47,6 +49,7 @@ class PubSubLayer(Protocol):
 
     prefix: str
     dropped: int
+    sent_local: int
     channels: dict[str, Any]
     groups: dict[str, set[str]]
     _shards: list[Any]
@@ -155,6 +158,7 @@ async def pubsub_stats(layer: PubSubLayer, groups: Iterable[str] | None = None) 
         "groups": sizes,
         "counters": {
             "dropped": layer.dropped,
+            "sent_local": layer.sent_local,
             "reconnects": sum(shard["reconnects"] for shard in shards),
         },
     }

@@ -1,4 +1,7 @@
 """Bad input fails before anything reaches Redis; bad data in Redis is skipped, not fatal."""
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def client(redis_server, redis_url):
 
 @pytest.fixture
 async def layer(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     yield layer
     await layer.flush()
 
@@ -145,7 +148,7 @@ async def test_invalid_group_names(layer, client, name):
 
 
 async def test_wrong_client_prefix(layer, redis_url):
-    other = RedisChannelLayer(hosts=[redis_url])
+    other = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     foreign = await other.new_channel()
     with pytest.raises(AssertionError):
         await asyncio.wait_for(layer.receive(foreign), 1)
@@ -166,8 +169,8 @@ def test_validation_survives_python_O(redis_url, tmp_path):
         assert False, "asserts must be off in this child"
 
         async def main(url):
-            layer = RedisChannelLayer(hosts=[url])
-            other = RedisChannelLayer(hosts=[url])
+            layer = RedisChannelLayer(local_delivery=False, hosts=[url])
+            other = RedisChannelLayer(local_delivery=False, hosts=[url])
             results = [f"optimize={sys.flags.optimize}"]
             checks = [
                 ("non-dict", lambda: layer.send("a.channel", "not a dict")),
@@ -271,9 +274,9 @@ async def test_garbage_in_worker_channel_is_skipped(layer, client, caplog):
 async def test_token_under_a_foreign_key_is_skipped(redis_url, caplog):
     key_a = "encryption-key-a-" + "a" * 24
     key_b = "encryption-key-b-" + "b" * 24
-    receiver = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[key_a])
-    stranger = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[key_b])
-    friend = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[key_a])
+    receiver = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[key_a])
+    stranger = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[key_b])
+    friend = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[key_a])
     try:
         channel = await receiver.new_channel()
         with caplog.at_level(logging.WARNING, logger="channels_redis_fast"):

@@ -5,6 +5,9 @@ consumer's pending receive), so these tests cancel receives at random moments, i
 before they first run, while senders keep writing. Every message carries a unique id; the
 tests then account for each one.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ DEADLINE = 40.0  # seconds; a wedged layer fails here instead of hanging the sui
 
 def _layer(url: str, **kwargs) -> RedisChannelLayer:
     kwargs.setdefault("capacity", 10_000)
-    return RedisChannelLayer(hosts=[url], **kwargs)
+    return RedisChannelLayer(local_delivery=False, hosts=[url], **kwargs)
 
 
 async def _cancelling_receive(layer: RedisChannelLayer, channel: str, rng: random.Random):

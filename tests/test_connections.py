@@ -3,6 +3,9 @@
 The server's CLIENT LIST is the ground truth here: it counts what the layer really holds,
 whatever its internal bookkeeping says.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def _wait_clients(server, expected: int, timeout: float = 3.0) -> int:
 
 
 async def test_burst_of_concurrent_sends_and_receives_uses_few_sockets(redis_shards, shard_urls):
-    layer = RedisChannelLayer(hosts=shard_urls, capacity=BURST * 2)
+    layer = RedisChannelLayer(local_delivery=False, hosts=shard_urls, capacity=BURST * 2)
     channels = [await layer.new_channel() for _ in range(BURST)]
     receivers = [asyncio.ensure_future(layer.receive(c)) for c in channels]
     workers = [asyncio.ensure_future(layer.receive("burst.work")) for _ in range(BURST)]
@@ -64,7 +67,7 @@ async def test_burst_of_concurrent_sends_and_receives_uses_few_sockets(redis_sha
 
 
 def test_async_to_sync_group_send_from_a_thread_leaves_nothing_behind(redis_server, redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=1000)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=1000)
     baseline = _layer_clients(redis_server)
     errors: list[BaseException] = []
     seen_layers: list[int] = []
@@ -102,7 +105,7 @@ def test_async_to_sync_group_send_from_a_thread_leaves_nothing_behind(redis_serv
 
 async def test_close_pools_closes_everything_and_the_layer_still_works(redis_server, redis_url):
     baseline = await asyncio.to_thread(_layer_clients, redis_server)
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     specific = await layer.new_channel()
     for channel in (specific, "close.work"):
         await layer.send(channel, {"c": channel})
@@ -125,7 +128,7 @@ async def test_close_pools_closes_everything_and_the_layer_still_works(redis_ser
 
 
 async def test_close_pools_does_not_strand_a_pending_receive(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     specific = await layer.new_channel()
     pending = asyncio.ensure_future(layer.receive(specific))
     await asyncio.sleep(0.1)
@@ -148,7 +151,7 @@ async def test_close_pools_does_not_strand_a_pending_receive(redis_url):
 async def test_idle_receive_outlives_redis_py_default_socket_timeout(redis_url):
     # redis-py 8 gives sockets a 5 s read timeout; a 5 s BZPOPMIN on such a socket
     # raises TimeoutError on every idle receive. Ours must simply keep waiting.
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     specific = await layer.new_channel()
     tasks = [
         asyncio.ensure_future(layer.receive(specific)),
@@ -169,7 +172,7 @@ async def test_idle_receive_outlives_redis_py_default_socket_timeout(redis_url):
 
 
 async def test_reply_hook_runs_before_the_awaiting_caller_and_not_after_a_cancel(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     connection = layer.connection(0)
     assert connection.execute_then(print, "PING") is None  # not connected: no hook taken
     await connection.execute("PING")

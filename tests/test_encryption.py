@@ -3,6 +3,9 @@
 The wire format stays Fernet tokens that stock channels_redis reads and writes; our codec
 is checked byte for byte against cryptography's Fernet.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -116,9 +119,9 @@ def _skipped(caplog) -> list:
 
 @pytest.mark.asyncio
 async def test_key_rotation(redis_url, caplog):
-    both = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[NEW, OLD])
-    new_only = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[NEW])
-    old_only = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[OLD])
+    both = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[NEW, OLD])
+    new_only = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[NEW])
+    old_only = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[OLD])
     stock_both = StockLayer(hosts=[redis_url], symmetric_encryption_keys=[NEW, OLD])
     layers = [both, new_only, old_only]
     try:
@@ -161,8 +164,8 @@ async def test_key_rotation(redis_url, caplog):
 @pytest.mark.asyncio
 @pytest.mark.parametrize("general", [True, False], ids=["general", "specific"])
 async def test_tampered_and_foreign_ciphertext_refused(redis_server, redis_url, caplog, general):
-    layer = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[NEW])
-    foreign = RedisChannelLayer(hosts=[redis_url], symmetric_encryption_keys=[OTHER])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[NEW])
+    foreign = RedisChannelLayer(local_delivery=False, hosts=[redis_url], symmetric_encryption_keys=[OTHER])
     client = redis_server.client()
     try:
         channel = "tamper.me" if general else await layer.new_channel()

@@ -1,4 +1,7 @@
 """Every ``hosts`` form channels_redis 4.3 accepts, through a real send/receive round trip."""
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -49,14 +52,14 @@ def client(redis_server, redis_url):
 
 
 async def test_redis_url(redis_url, client):
-    await check_lands_then_round_trip(RedisChannelLayer(hosts=[redis_url]), client)
+    await check_lands_then_round_trip(RedisChannelLayer(local_delivery=False, hosts=[redis_url]), client)
 
 
 async def test_redis_url_with_db(redis_server, redis_url, client):
     db3 = redis_server.client(db=3)
     try:
         db3.flushdb()
-        await check_lands_then_round_trip(RedisChannelLayer(hosts=[redis_url + "/3"]), db3)
+        await check_lands_then_round_trip(RedisChannelLayer(local_delivery=False, hosts=[redis_url + "/3"]), db3)
         # nothing reached db 0
         assert client.dbsize() == 0
     finally:
@@ -65,16 +68,17 @@ async def test_redis_url_with_db(redis_server, redis_url, client):
 
 
 async def test_host_port_tuple(redis_server, redis_url, client):
-    layer = RedisChannelLayer(hosts=[(redis_server.host, redis_server.port)])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[(redis_server.host, redis_server.port)])
     assert layer.hosts == [{"host": redis_server.host, "port": redis_server.port}]
     await check_lands_then_round_trip(layer, client)
-    layer = RedisChannelLayer(hosts=[[redis_server.host, redis_server.port]])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[[redis_server.host, redis_server.port]])
     await check_lands_then_round_trip(layer, client)
 
 
 async def test_address_dict_with_redis_py_options(redis_url, client):
     name = "crf-hosts-" + uuid.uuid4().hex[:8]
     layer = RedisChannelLayer(
+        local_delivery=False,
         hosts=[{"address": redis_url, "client_name": name, "socket_connect_timeout": 3, "retry_on_timeout": True}]
     )
     channel = await layer.new_channel()
@@ -90,7 +94,7 @@ async def test_plain_connection_kwargs_dict(redis_server, redis_url, client):
     db5 = redis_server.client(db=5)
     try:
         db5.flushdb()
-        layer = RedisChannelLayer(hosts=[{"host": redis_server.host, "port": redis_server.port, "db": 5}])
+        layer = RedisChannelLayer(local_delivery=False, hosts=[{"host": redis_server.host, "port": redis_server.port, "db": 5}])
         await check_lands_then_round_trip(layer, db5)
         assert client.dbsize() == 0
     finally:
@@ -108,11 +112,11 @@ def unix_server():
 async def test_unix_socket(unix_server):
     unix_server.flushall()
     client = unix_server.client()
-    await check_lands_then_round_trip(RedisChannelLayer(hosts=[unix_server.unix_url]), client)
+    await check_lands_then_round_trip(RedisChannelLayer(local_delivery=False, hosts=[unix_server.unix_url]), client)
     db2 = unix_server.client(db=2)
     try:
         await check_lands_then_round_trip(
-            RedisChannelLayer(hosts=[{"address": unix_server.unix_url + "?db=2"}]), db2
+            RedisChannelLayer(local_delivery=False, hosts=[{"address": unix_server.unix_url + "?db=2"}]), db2
         )
         assert client.dbsize() == 0
     finally:
@@ -135,7 +139,7 @@ def auth_server():
 async def test_password_in_url(auth_server):
     auth_server.flushall()
     assert auth_server.url.startswith("redis://:admin-pw-")
-    await check_lands_then_round_trip(RedisChannelLayer(hosts=[auth_server.url]), auth_server.client())
+    await check_lands_then_round_trip(RedisChannelLayer(local_delivery=False, hosts=[auth_server.url]), auth_server.client())
 
 
 async def test_acl_user_forms(auth_server):
@@ -147,7 +151,7 @@ async def test_acl_user_forms(auth_server):
         [{"address": f"redis://{host}:{port}", "username": "alice", "password": "alice-pw"}],
         [{"host": host, "port": port, "username": "alice", "password": "alice-pw"}],
     ):
-        layer = RedisChannelLayer(hosts=hosts)
+        layer = RedisChannelLayer(local_delivery=False, hosts=hosts)
         await check_lands_then_round_trip(layer, client)
 
 
@@ -162,7 +166,7 @@ async def test_acl_user_forms(auth_server):
 )
 async def test_bad_credentials_fail_clearly(auth_server, make_hosts):
     auth_server.flushall()
-    layer = RedisChannelLayer(hosts=make_hosts(auth_server))
+    layer = RedisChannelLayer(local_delivery=False, hosts=make_hosts(auth_server))
     with pytest.raises(redis.exceptions.ConnectionError) as info:
         await asyncio.wait_for(layer.send("auth.test", {"type": "x"}), 15)
     assert isinstance(info.value, redis.exceptions.AuthenticationError) or "auth" in str(info.value).lower()
@@ -176,12 +180,12 @@ async def test_bad_credentials_fail_clearly(auth_server, make_hosts):
 async def test_sentinel_hosts(sentinel, sentinel_hosts):
     entry = sentinel_hosts[0]
     assert set(entry) >= {"sentinels", "master_name", "sentinel_kwargs"}
-    layer = RedisChannelLayer(hosts=sentinel_hosts)
+    layer = RedisChannelLayer(local_delivery=False, hosts=sentinel_hosts)
     await check_lands_then_round_trip(layer, sentinel.master_server.client())
 
 
 async def test_protocol_3_requested(redis_url, client):
-    layer = RedisChannelLayer(hosts=[{"address": redis_url, "protocol": 3}])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[{"address": redis_url, "protocol": 3}])
     await check_lands_then_round_trip(layer, client)
 
 
@@ -192,9 +196,10 @@ async def test_idle_receive_outlives_socket_timeouts(redis_url, caplog):
     # redis-py 8 defaults socket_timeout to 5 s, as does an explicit 5: stock
     # channels_redis raises TimeoutError from an idle receive after ~5 s (its #422).
     layers = {
-        "default": RedisChannelLayer(hosts=[redis_url]),
-        "socket_timeout=5": RedisChannelLayer(hosts=[{"address": redis_url, "socket_timeout": 5}]),
+        "default": RedisChannelLayer(local_delivery=False, hosts=[redis_url]),
+        "socket_timeout=5": RedisChannelLayer(local_delivery=False, hosts=[{"address": redis_url, "socket_timeout": 5}]),
         "plain-kwargs": RedisChannelLayer(
+            local_delivery=False,
             hosts=[{"host": redis_url.split("//")[1].split(":")[0], "port": int(redis_url.rsplit(":", 1)[1]), "socket_timeout": 5}]
         ),
     }
@@ -229,8 +234,8 @@ async def test_idle_receive_outlives_socket_timeouts(redis_url, caplog):
 
 
 async def test_several_shards(redis_shards, shard_urls):
-    layer = RedisChannelLayer(hosts=shard_urls)
-    other = RedisChannelLayer(hosts=shard_urls)
+    layer = RedisChannelLayer(local_delivery=False, hosts=shard_urls)
+    other = RedisChannelLayer(local_delivery=False, hosts=shard_urls)
     assert layer.ring_size == 3
     clients = [s.client() for s in redis_shards]
     try:
@@ -280,7 +285,7 @@ async def test_several_shards(redis_shards, shard_urls):
 async def test_mixed_host_forms_as_shards(redis_shards, shard_urls):
     a, b, c = redis_shards
     hosts = [a.url, (b.host, b.port), {"address": c.url, "socket_timeout": None}]
-    layer = RedisChannelLayer(hosts=hosts)
+    layer = RedisChannelLayer(local_delivery=False, hosts=hosts)
     try:
         for _ in range(3):
             await round_trip(layer)
@@ -298,10 +303,10 @@ async def test_mixed_host_forms_as_shards(redis_shards, shard_urls):
 @pytest.mark.parametrize("hosts", ["redis://127.0.0.1:6380", b"redis://127.0.0.1:6380"])
 def test_bare_string_hosts_raise(hosts):
     with pytest.raises(ValueError, match="list of Redis hosts"):
-        RedisChannelLayer(hosts=hosts)
+        RedisChannelLayer(local_delivery=False, hosts=hosts)
 
 
 def test_shard_index_out_of_range():
-    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1"])
+    layer = RedisChannelLayer(local_delivery=False, hosts=["redis://127.0.0.1:1"])
     with pytest.raises(ValueError, match="only 1 hosts"):
         layer.connection(1)

@@ -3,6 +3,9 @@
 Every test runs against a real private Redis (the ``redis_url`` fixture); where the
 answer is "the same as channels_redis", the stock package is asked directly.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def sync_redis(redis_url):
 
 @pytest.fixture
 async def layer(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=3, channel_capacity={"tiny": 1})
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=3, channel_capacity={"tiny": 1})
     yield layer
     await layer.flush()
 
@@ -44,7 +47,9 @@ async def layer(redis_url):
 def test_constructor_signature_matches_stock():
     ours = inspect.signature(RedisChannelLayer.__init__).parameters
     stock = inspect.signature(stock_core.RedisChannelLayer.__init__).parameters
-    assert list(ours) == list(stock)
+    # Stock's parameters in stock's order; ours adds only local_delivery, last (issue 16).
+    assert list(ours) == [*stock, "local_delivery"]
+    assert ours["local_delivery"].default is True
     for name, param in stock.items():
         assert ours[name].default == param.default, name
         assert ours[name].kind == param.kind, name
@@ -61,7 +66,7 @@ def test_constructor_signature_matches_stock():
 @pytest.mark.parametrize("key", ["connection_kwargs", "stats_prefix", "max_connections", "hots"])
 def test_unknown_config_key_raises_type_error(key):
     with pytest.raises(TypeError):
-        RedisChannelLayer(hosts=["redis://127.0.0.1:1"], **{key: 1})
+        RedisChannelLayer(local_delivery=False, hosts=["redis://127.0.0.1:1"], **{key: 1})
     # same as stock
     with pytest.raises(TypeError):
         stock_core.RedisChannelLayer(hosts=["redis://127.0.0.1:1"], **{key: 1})
@@ -73,7 +78,7 @@ def test_prefix_must_be_str():
 
 
 def test_user_facing_surface():
-    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1"], prefix="pre", expiry=7, group_expiry=9)
+    layer = RedisChannelLayer(local_delivery=False, hosts=["redis://127.0.0.1:1"], prefix="pre", expiry=7, group_expiry=9)
     for name in (
         "send",
         "receive",
@@ -116,7 +121,7 @@ def test_channel_full_is_channels_exception():
 
 
 async def test_new_channel_format():
-    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1"])
+    layer = RedisChannelLayer(local_delivery=False, hosts=["redis://127.0.0.1:1"])
     name = await layer.new_channel()
     assert len(name) == 74
     assert re.fullmatch(r"specific\.[0-9a-f]{32}![0-9a-f]{32}", name)
@@ -158,7 +163,7 @@ async def test_send_does_not_modify_message(layer):
 
 
 async def test_fifo_order(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     try:
         channel = await layer.new_channel()
         for i in range(20):
@@ -173,8 +178,8 @@ async def test_fifo_order(redis_url):
 async def test_abandoned_receive_does_not_steal_work(redis_url):
     # Two worker processes share a work queue. A gives up on a receive (a timeout);
     # B then waits on the queue and must get the next message.
-    a = RedisChannelLayer(hosts=[redis_url])
-    b = RedisChannelLayer(hosts=[redis_url])
+    a = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
+    b = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     try:
         await nothing_arrives(a, "shared.work", 0.3)
         waiting = asyncio.ensure_future(b.receive("shared.work"))
@@ -217,7 +222,7 @@ async def test_channel_capacity_globs_and_regexes(redis_url):
         "tiny": 1,
         "web*": 4,
     }
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=3, channel_capacity=config)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=3, channel_capacity=config)
     stock = stock_core.RedisChannelLayer(hosts=[redis_url], capacity=3, channel_capacity=config)
     names = [
         "http.response!abc",
@@ -253,8 +258,8 @@ async def test_channel_capacity_globs_and_regexes(redis_url):
 
 
 async def test_group_add_send_discard(redis_url, sync_redis):
-    one = RedisChannelLayer(hosts=[redis_url])
-    two = RedisChannelLayer(hosts=[redis_url])
+    one = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
+    two = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     try:
         a = await one.new_channel()
         b = await two.new_channel()
@@ -285,7 +290,7 @@ async def test_group_send_empty_group_writes_nothing(layer, sync_redis):
 
 
 async def test_group_send_bundles_members_of_one_process(redis_url, sync_redis):
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     try:
         channels_ = [await layer.new_channel() for _ in range(3)]
         for channel in channels_:
@@ -302,7 +307,7 @@ async def test_group_send_bundles_members_of_one_process(redis_url, sync_redis):
 
 
 async def test_group_over_capacity_is_logged(redis_url, caplog):
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=1)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=1)
     try:
         await layer.group_add("crowd", "full.one")
         await layer.group_add("crowd", "full.two")
@@ -376,7 +381,7 @@ class _CountingSerializer(serializers.JSONSerializer):
 
 async def test_custom_serializer_format(redis_url, sync_redis):
     serializers.registry.register_serializer("test-counting", _CountingSerializer)
-    layer = RedisChannelLayer(hosts=[redis_url], serializer_format="test-counting")
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], serializer_format="test-counting")
     try:
         assert isinstance(layer._serializer, _CountingSerializer)
         await layer.send("custom.q", {"type": "c", "n": 5})
@@ -390,7 +395,7 @@ async def test_custom_serializer_format(redis_url, sync_redis):
 
 
 async def test_json_serializer_layer(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], serializer_format="json")
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], serializer_format="json")
     try:
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "j", "list": [1, "a"]})
@@ -413,7 +418,7 @@ def test_consistent_hash_matches_stock():
     for ring in (1, 2, 3, 4, 7, 10, 64):
         for value in values:
             assert utils._consistent_hash(value, ring) == stock_utils._consistent_hash(value, ring)
-    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"])
+    layer = RedisChannelLayer(local_delivery=False, hosts=["redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"])
     assert layer.ring_size == 3
     assert [layer.consistent_hash(v) for v in values] == [stock_utils._consistent_hash(v, 3) for v in values]
 
@@ -449,8 +454,8 @@ async def test_flush_removes_only_our_keys_with_scan(redis_url, sync_redis):
     for key, value in foreign.items():
         sync_redis.set(key, value)
     sync_redis.zadd("otherspecific.x!", {b"m": 1})
-    layer = RedisChannelLayer(hosts=[redis_url])
-    other_prefix = RedisChannelLayer(hosts=[redis_url], prefix="otherapp")
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
+    other_prefix = RedisChannelLayer(local_delivery=False, hosts=[redis_url], prefix="otherapp")
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "a"})
     await layer.send("normal.channel", {"type": "b"})
@@ -501,7 +506,7 @@ def test_glob_escape_matches_exactly_its_prefix_in_redis_scan(sync_redis):
 
 
 async def test_flush_many_keys(redis_url, sync_redis):
-    layer = RedisChannelLayer(hosts=[redis_url])
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
     pipe = sync_redis.pipeline()
     for i in range(2500):
         pipe.zadd(f"asgichan{i}", {b"m": 1})
@@ -515,7 +520,7 @@ async def test_flush_many_keys(redis_url, sync_redis):
 
 
 async def test_fractional_expiry_send_and_group_send(redis_url, sync_redis):
-    layer = RedisChannelLayer(hosts=[redis_url], expiry=2.5)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], expiry=2.5)
     try:
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "direct"})
@@ -536,7 +541,7 @@ async def test_fractional_expiry_send_and_group_send(redis_url, sync_redis):
 async def test_expired_messages_are_never_delivered(redis_url, sync_redis):
     # expiry 1.5: the key TTL is rounded up to 2 s, so after 1.7 s the stale messages
     # are still in Redis and only the receiver's own check stands between them and us.
-    layer = RedisChannelLayer(hosts=[redis_url], expiry=1.5)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], expiry=1.5)
     try:
         channel = await layer.new_channel()
         grouped = await layer.new_channel()
@@ -559,7 +564,7 @@ async def test_expired_messages_are_never_delivered(redis_url, sync_redis):
 
 
 async def test_expiry_one_second(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], expiry=1)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], expiry=1)
     try:
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "stale"})
@@ -584,7 +589,7 @@ def channel_layers_settings(redis_url):
     config = {
         "default": {
             "BACKEND": "channels_redis_fast.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "capacity": 7, "prefix": "django", "expiry": 30},
+            "CONFIG": {"hosts": [redis_url], "capacity": 7, "prefix": "django", "expiry": 30, "local_delivery": False},
         }
     }
     with override_settings(CHANNEL_LAYERS=config):

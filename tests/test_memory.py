@@ -4,6 +4,9 @@ A busy server creates a process-specific channel per websocket and forgets it wh
 socket closes, so every per-channel structure must go away with its channel (or be a
 bounded cache), and RSS must level off however many channels come and go.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def _rss() -> int:
 
 async def test_local_buffer_is_bounded_and_drops_oldest(redis_url):
     # Redis accepts 100 per channel; the local buffer holds only capacity=5.
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=5, channel_capacity={"specific.*": 100})
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=5, channel_capacity={"specific.*": 100})
     a = await layer.new_channel()
     b = await layer.new_channel()
     for round_ in range(3):
@@ -52,7 +55,7 @@ async def test_local_buffer_is_bounded_and_drops_oldest(redis_url):
 
 
 async def test_channel_churn_leaves_no_state_and_rss_levels_off(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=2 * BATCH)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=2 * BATCH)
     samples = []
     start = time.monotonic()
     for batch in range(CHURN // BATCH):
@@ -100,7 +103,7 @@ async def test_channel_churn_leaves_no_state_and_rss_levels_off(redis_url):
 
 
 async def test_buffers_never_received_from_are_swept_after_expiry(redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], expiry=1)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], expiry=1)
     active = await layer.new_channel()
     forgotten = [await layer.new_channel() for _ in range(10)]
     for channel in forgotten:

@@ -3,6 +3,9 @@
 All against real, private Redis servers; the burst publisher is a separate process so
 that, as in production, Redis fills our socket while our event loop is busy elsewhere.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ def _client(server_or_url):
 
 async def test_burst_is_read_fast_enough_and_bounded(redis_server, redis_url, record_property):
     """200k pipelined publishes to one channel: no output-buffer disconnect, drops counted."""
-    layer = RedisPubSubChannelLayer(hosts=[redis_url], capacity=100)
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url], capacity=100)
     client = _client(redis_url)
     try:
         channel = await layer.new_channel()
@@ -108,6 +111,7 @@ async def test_burst_is_read_fast_enough_and_bounded(redis_server, redis_url, re
 
 async def test_resubscribes_after_restart_and_announces_it(fresh_redis):
     layer = RedisPubSubChannelLayer(
+        local_delivery=False,
         hosts=[fresh_redis.url], on_disconnect="redis.disconnect", on_reconnect="redis.reconnect"
     )
     try:
@@ -151,7 +155,7 @@ async def test_closing_the_redis_handle_reconnects(redis_url):
     """channels_redis's suite closes ``_shards[0]._redis``; ours reconnects by itself."""
     from channels_redis_fast.utils import _close_redis
 
-    layer = RedisPubSubChannelLayer(hosts=[redis_url], on_reconnect="back")
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url], on_reconnect="back")
     try:
         channel = await layer.new_channel()
         shard = layer._shards[0]
@@ -165,7 +169,7 @@ async def test_closing_the_redis_handle_reconnects(redis_url):
 
 
 async def test_cancelled_receive_frees_and_unsubscribes_without_waiting(fresh_redis):
-    layer = RedisPubSubChannelLayer(hosts=[fresh_redis.url])
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[fresh_redis.url])
     client = _client(fresh_redis)
     try:
         channel = await layer.new_channel()
@@ -198,7 +202,7 @@ async def test_cancelled_receive_frees_and_unsubscribes_without_waiting(fresh_re
 
 
 async def test_cancelling_one_of_two_receivers_keeps_the_channel(redis_url):
-    layer = RedisPubSubChannelLayer(hosts=[redis_url])
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url])
     try:
         channel = await layer.new_channel()
         first = asyncio.ensure_future(layer.receive(channel))
@@ -213,7 +217,7 @@ async def test_cancelling_one_of_two_receivers_keeps_the_channel(redis_url):
 
 
 async def test_channel_churn_leaves_nothing_behind(redis_url):
-    layer = RedisPubSubChannelLayer(hosts=[redis_url])
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url])
     client = _client(redis_url)
     try:
         loop_layer = layer._get_layer()
@@ -242,8 +246,8 @@ async def test_channel_churn_leaves_nothing_behind(redis_url):
 
 
 async def test_bad_input_raises_before_anything_is_published(redis_url):
-    layer = RedisPubSubChannelLayer(hosts=[redis_url])
-    strict = RedisPubSubChannelLayer(hosts=[redis_url], strict_messages=True)
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url])
+    strict = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url], strict_messages=True)
     raw = redis.Redis.from_url(redis_url).pubsub()
     try:
         raw.psubscribe("*")
@@ -286,7 +290,7 @@ async def test_bad_input_raises_before_anything_is_published(redis_url):
 
 
 async def test_subscribe_failure_leaves_no_channel(fresh_redis):
-    layer = RedisPubSubChannelLayer(hosts=[fresh_redis.url])
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[fresh_redis.url])
     try:
         await asyncio.to_thread(fresh_redis.stop)
         with pytest.raises(RedisConnectionError):
@@ -307,6 +311,7 @@ async def test_silent_dead_subscriber_is_detected_by_ping(fresh_redis, monkeypat
 
     monkeypatch.setattr(subscriber, "HEALTH_CHECK_INTERVAL", 0.2)
     layer = RedisPubSubChannelLayer(
+        local_delivery=False,
         hosts=[fresh_redis.url], reply_timeout=0.5, on_disconnect="down", on_reconnect="up"
     )
     try:

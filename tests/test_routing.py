@@ -4,6 +4,9 @@ The ring must place keys exactly where channels_redis 4.3 puts them (the stock p
 asked on generated names), and the layers must ask the router rather than hash on their
 own: each test checks what real servers hold against the router's answer.
 """
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -80,7 +83,7 @@ def test_ring_refuses_what_is_not_a_key():
 
 
 async def test_sends_group_keys_and_pumps_follow_the_router(redis_shards, shard_urls):
-    layers = [RedisChannelLayer(hosts=shard_urls) for _ in range(4)]
+    layers = [RedisChannelLayer(local_delivery=False, hosts=shard_urls) for _ in range(4)]
     router: Router = layers[0].router
     clients = [server.client() for server in redis_shards]
     try:
@@ -132,7 +135,7 @@ async def test_sends_group_keys_and_pumps_follow_the_router(redis_shards, shard_
 
 
 async def test_pubsub_subscribes_and_publishes_on_the_router_node(shard_urls):
-    layer = RedisPubSubChannelLayer(hosts=shard_urls)
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=shard_urls)
     clients = [redis.Redis.from_url(url) for url in shard_urls]
     try:
         router: Router = layer.router
@@ -158,7 +161,7 @@ async def test_pubsub_subscribes_and_publishes_on_the_router_node(shard_urls):
 async def test_chained_writes_wait_for_the_check_and_survive_a_script_flush(redis_shards, shard_urls):
     """Script.chain on real nodes: followers are written only when the first reply allows
     it, and a server that forgot the scripts (SCRIPT FLUSH) gets them by EVAL."""
-    layer = RedisChannelLayer(hosts=shard_urls)
+    layer = RedisChannelLayer(local_delivery=False, hosts=shard_urls)
     clients = [server.client() for server in redis_shards]
     router = layer.router
     group_key = "asgi:group:chained"

@@ -1,4 +1,7 @@
 """layer.stats() after known traffic, and the `python -m channels_redis_fast stats` command."""
+# These tests are about what reaches Redis: their layers run with local_delivery off
+# (issue 16; tests/test_local_delivery.py covers the in-process path).
+
 
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from conftest import until
 
 @pytest.mark.asyncio
 async def test_layer_stats_after_known_traffic(redis_server, redis_url):
-    layer = RedisChannelLayer(hosts=[redis_url], capacity=5)
-    other = RedisChannelLayer(hosts=[redis_url], capacity=5)
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=5)
+    other = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=5)
     try:
         stats = await layer.stats()
         assert stats["counters"]["sent"] == 0 and stats["counters"]["reconnects"] == 0
@@ -96,7 +99,7 @@ def _dropped(layer) -> int:
 
 @pytest.mark.asyncio
 async def test_stats_across_shards(shard_urls):
-    layer = RedisChannelLayer(hosts=shard_urls)
+    layer = RedisChannelLayer(local_delivery=False, hosts=shard_urls)
     try:
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "x"})
@@ -116,7 +119,7 @@ async def test_stats_across_shards(shard_urls):
 
 @pytest.mark.asyncio
 async def test_pubsub_stats(redis_url):
-    layer = RedisPubSubChannelLayer(hosts=[redis_url], capacity=2)
+    layer = RedisPubSubChannelLayer(local_delivery=False, hosts=[redis_url], capacity=2)
     try:
         channel = await layer.new_channel()
         await layer.group_add("room", channel)
@@ -146,8 +149,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.asyncio
 async def test_cli_once(redis_server, redis_url, shard_urls):
-    layer = RedisChannelLayer(hosts=[redis_url])
-    sharded = RedisChannelLayer(hosts=shard_urls, prefix="shp")
+    layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url])
+    sharded = RedisChannelLayer(local_delivery=False, hosts=shard_urls, prefix="shp")
     try:
         for _ in range(2):
             await layer.send("cli.work", {"type": "w"})
@@ -183,7 +186,7 @@ async def test_cli_once(redis_server, redis_url, shard_urls):
 
 @pytest.mark.asyncio
 async def test_cli_through_sentinel(sentinel, sentinel_hosts):
-    layer = RedisChannelLayer(hosts=sentinel_hosts)
+    layer = RedisChannelLayer(local_delivery=False, hosts=sentinel_hosts)
     try:
         await layer.send("via.sentinel", {"type": "s"})
         result = _cli("--hosts", json.dumps(sentinel_hosts[0]), "--once", "--json")

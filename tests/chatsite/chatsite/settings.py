@@ -5,6 +5,7 @@ Redis server and the backend with two environment variables:
 
 ``CRF_CHAT_REDIS_URL``  the Redis URL (required; the tests start a private server)
 ``CRF_CHAT_BACKEND``    ``fast`` (default: channels_redis_fast) or ``stock`` (channels_redis 4.3)
+``CRF_CHAT_LOCAL_DELIVERY``  ``0`` turns channels_redis_fast's in-process delivery off
 """
 
 import os
@@ -48,10 +49,14 @@ else:
     _BACKEND = "channels_redis_fast.core.RedisChannelLayer"
     _HOST = REDIS_URL
 
+_CONFIG: dict = {"hosts": [_HOST]}
+if os.environ.get("CRF_CHAT_LOCAL_DELIVERY") == "0":
+    _CONFIG["local_delivery"] = False
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": _BACKEND,
-        "CONFIG": {"hosts": [_HOST]},
+        "CONFIG": _CONFIG,
         # channels.layers.channel_layers.make_test_backend("default") builds this one.
         "TEST_CONFIG": {"hosts": [_HOST], "prefix": "chattest", "expiry": 30},
     }
