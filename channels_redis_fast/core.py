@@ -208,8 +208,11 @@ class RedisChannelLayer(BaseChannelLayer):
             raise ValueError(f"There are only {known} hosts - you asked for {index}!")
         return self._loop_connections().commands[index]
 
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> LoopConnections | None:
+        return self._layers.pop(loop, None)
+
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        state = self._layers.pop(loop, None)
+        state = self._forget_loop(loop)
         if state is not None:
             await state.close(after_pumps=functools.partial(self._work.return_all, state.commands))
 

@@ -111,7 +111,11 @@ class RedisPubSubChannelLayer:
         hosts = kwargs["hosts"] if "hosts" in kwargs else args[0] if args else None
         if cluster_config(hosts) is None:
             decode_hosts(hosts)
+        #: One layer per loop that calls it (the callers' loops only: channels_redis's
+        #: suite checks that a finished ``async_to_sync`` call leaves nothing here).
         self._layers: dict[asyncio.AbstractEventLoop, RedisPubSubLoopLayer] = {}
+        #: The sync bridge's loop's layer, which outlives every per-call loop (sync_bridge.py).
+        self._bridge_layers: dict[asyncio.AbstractEventLoop, RedisPubSubLoopLayer] = {}
         # Unlike the core layer: no random prefix and no expiry (so no Fernet TTL either),
         # because nothing is stored in a sorted set. Bytes match channels_redis's pub/sub.
         self._serializer = registry.get_serializer(
@@ -124,7 +128,7 @@ class RedisPubSubChannelLayer:
         # Everything else (prefix, channels, groups, _shards, dropped, ...) lives on the
         # current loop's layer, as in channels_redis. Guard our own attributes so a
         # half-built or unpickled object cannot recurse here.
-        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_serializer", "_sync"):
+        if name.startswith("__") or name in ("_args", "_kwargs", "_layers", "_bridge_layers", "_serializer", "_sync"):
             raise AttributeError(name)
         return getattr(self._get_layer(), name)
 
@@ -138,9 +142,11 @@ class RedisPubSubChannelLayer:
         loop = running_loop()
         layer = self._layers.get(loop)
         if layer is None:
+            layer = self._bridge_layers.get(loop)
+        if layer is None:
             # mypy cannot see that the proxy's own positional arguments stop before channel_layer.
             layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)  # type: ignore[misc]
-            self._layers[loop] = layer
+            (self._bridge_layers if loop is self._sync.loop else self._layers)[loop] = layer
             _wrap_close(self, loop)
         return layer
 
@@ -153,12 +159,17 @@ class RedisPubSubChannelLayer:
 
     def _put_back(self, name: str, channel: str, message: Any) -> None:
         # On the bridge's loop: a message its sync receiver gave up on (sync_bridge.py).
-        layer = self._layers.get(running_loop())
+        layer = self._bridge_layers.get(running_loop())
         if layer is not None:
             layer._put_back(channel, message)
 
-    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> "RedisPubSubLoopLayer | None":
         layer = self._layers.pop(loop, None)
+        bridged = self._bridge_layers.pop(loop, None)
+        return layer if layer is not None else bridged
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        layer = self._forget_loop(loop)
         if layer is not None:
             await layer.close()
 

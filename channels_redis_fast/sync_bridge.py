@@ -53,9 +53,10 @@ _Result = TypeVar("_Result")
 
 
 class LoopOwner(Protocol):
-    """A layer as the bridge sees it: what it holds per event loop."""
+    """A layer as the bridge sees it: it holds state per event loop."""
 
-    _layers: dict[Any, Any]
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """Drop (without closing) and return what the layer holds for ``loop``."""
 
 
 class _Call:
@@ -263,7 +264,7 @@ class SyncBridge:
         loop = self._loop
         if loop is None:
             return
-        _FORK_ORPHANS.append((loop, self._thread, self._calls, self._owner._layers.pop(loop, None)))
+        _FORK_ORPHANS.append((loop, self._thread, self._calls, self._owner._forget_loop(loop)))
         self._loop = self._thread = self._stopped = None
         self._calls = set()
 
