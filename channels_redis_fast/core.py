@@ -243,8 +243,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._check_message(message)
         if type(channel) is not str or channel not in self._valid_channels:
             self._valid_channels.require(channel)
-        if self._cluster is not None:
-            await self._cluster.ready()
+        if self._cluster is not None and not self._cluster.router.ready:
+            await self._cluster.ready()  # the first use loads the slot map
         bang = channel.find("!")
         if bang >= 0:
             message = dict(message)
@@ -299,7 +299,8 @@ class RedisChannelLayer(BaseChannelLayer):
         local = self.receive_buffer.get(channel)
         if local is not None and local.buffer:
             return self._received(local, local.take(), route[2])
-        if self._cluster is not None:
+        if self._cluster is not None and not self._cluster.router.ready:
+            # (Checked here, not awaited each time: a coroutine per waiting receive.)
             await self._cluster.ready()
         loop = running_loop()
         if self.receive_count == 0:
