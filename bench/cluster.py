@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -80,6 +81,7 @@ def measure(
     from channels_redis_fast.testing import RedisCluster
 
     repeat = max(args.repeat, MIN_REPEAT)
+    load_before = os.getloadavg()[0]
     started = time.monotonic()
     cluster = RedisCluster(PRIMARIES, args.cluster_replicas)
     try:
@@ -107,7 +109,11 @@ def measure(
             ratio = _ratio(rows[name])
             log(f"  {name:<17} cluster / one Redis: {'-' if ratio is None else f'{ratio:.2f}x'} "
                 f"(target {TARGET}x)")
-        return {"at": rp.now(), "topology": topology, "primaries": PRIMARIES,
+        # The machine's 1-minute load around the rows: on a shared 2-core machine a load far
+        # above 2 means the client got a slice of a core, and the ratios are noise.
+        load = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        log(f"  load average (1 min) before and after the cluster rows: {load[0]}, {load[1]}")
+        return {"at": rp.now(), "topology": topology, "load": load, "primaries": PRIMARIES,
                 "replicas": args.cluster_replicas, "repeat": repeat, "duration_s": args.duration,
                 "target": TARGET, "rows": rows}
     finally:
@@ -163,5 +169,7 @@ def table(section: dict | None) -> str:
 
     caption = (f"Cluster rows ({section.get('at', '?')}): this core layer on one Redis and on a Redis "
                f"Cluster of {section['topology']}, {section.get('repeat')} runs of {section.get('duration_s')} s "
-               f"each in turn, median deliveries per second:")
+               f"each in turn, median deliveries per second"
+               + (f" (load average {section['load'][0]} before, {section['load'][1]} after)"
+                  if section.get("load") else "") + ":")
     return "\n".join([caption, "", rule, fmt(head, True), rule, *(fmt(r) for r in body), rule]) + "\n"
