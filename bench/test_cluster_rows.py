@@ -43,3 +43,10 @@ def test_merge_keeps_the_cluster_rows_until_measured_again():
     assert old["cluster"]["rows"]["stream"]["cluster"]["rate"] == 900
     assert rp.merge(old, rp.empty())["cluster"] == old["cluster"]
     assert rp.merge(old, {**rp.empty(), "cluster": section(1000, 700)})["cluster"]["rows"]["stream"]["cluster"]["rate"] == 700
+
+
+def test_the_verdict_judges_the_median_paired_ratio_when_there_is_one():
+    row = section(1000, 700)
+    row["rows"]["stream"]["paired"] = 0.85
+    assert cl.missed(row) == []
+    assert "0.85x (0.8x)" in cl.table(row)
