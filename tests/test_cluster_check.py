@@ -12,13 +12,13 @@ import tempfile
 from channels_redis_fast.testing import LOOPBACK, free_port
 
 
-def _report(*args: str) -> tuple[int, dict]:
+def _report(*args: str, env: dict | None = None) -> tuple[int, dict]:
     result = subprocess.run(
         [sys.executable, "-m", "channels_redis_fast", "check", *args, "--json"],
         capture_output=True,
         text=True,
         timeout=60,
-        env=dict(os.environ),
+        env={**os.environ, **(env or {})},
         cwd=tempfile.gettempdir(),  # import the installed package, not the checkout
     )
     assert result.stdout, result.stderr
@@ -101,3 +101,13 @@ def test_a_cluster_entry_at_a_plain_server_says_it_is_no_cluster(redis_url):
     (finding,) = report["cluster"]["findings"]
     assert finding["level"] == "error" and "not a Redis Cluster node" in finding["message"]
     assert report["shards"] == []
+
+
+def test_a_cluster_entry_in_django_settings(cluster, tmp_path):
+    layers = {"default": {"BACKEND": "channels_redis_fast.core.RedisChannelLayer",
+                          "CONFIG": {"hosts": [cluster.hosts_entry()], "prefix": "{fromsettings}"}}}
+    (tmp_path / "crf_cluster_settings.py").write_text(f"CHANNEL_LAYERS = {layers!r}\n")
+    status, report = _report("--settings", "crf_cluster_settings", env={"PYTHONPATH": str(tmp_path)})
+    assert status == 0, report
+    assert report["layer"]["prefix"] == "{fromsettings}"
+    assert report["cluster"]["covered"] == 16384 and len(report["shards"]) == 3
