@@ -128,6 +128,8 @@ def merge(old: dict, new: dict) -> dict:
     for workload, by_layer in (new.get("results") or {}).items():
         merged.setdefault("results", {}).setdefault(workload, {}).update(by_layer)
     merged.setdefault("memory", {}).update(new.get("memory") or {})
+    if new.get("cluster"):  # bench/cluster.py's rows, replaced as a whole
+        merged["cluster"] = new["cluster"]
     merged["format"] = FORMAT
     return merged
 

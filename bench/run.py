@@ -34,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
+import cluster as cl
 import report as rp
 import workloads as wl
 
@@ -268,6 +269,11 @@ def report(data: dict, out: str, measured_now: list[str], args) -> int:
     side = side_tables(results, layers) if results else ""
     if side:
         log(side)
+    cluster_table = cl.table(data.get("cluster"))
+    if cluster_table:
+        log("\n" + cluster_table)
+        with open(os.path.join(out, "cluster.rst"), "w") as fh:
+            fh.write(cluster_table)
     for layer, m in (data.get("memory") or {}).items():
         log(memory_line(layer, m))
 
@@ -298,7 +304,9 @@ def report(data: dict, out: str, measured_now: list[str], args) -> int:
     failures = rp.missed(results, [w for w in measured_now if w in results])
     failures += [f"memory: {layer} failed: {m['error']}" for layer, m in (data.get("memory") or {}).items()
                  if "memory" in measured_now and m.get("error")]
-    judged = [w for w in measured_now if w in results or w == "memory"]
+    if cl.NAME in measured_now:
+        failures += cl.missed(data.get("cluster"))
+    judged = [w for w in measured_now if w in results or w in ("memory", cl.NAME)]
     if not judged:
         log("\nverdict: nothing to judge")
         return 0
@@ -323,6 +331,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="workloads:\n" + "\n".join(
                                          f"  {n:<17} {cls.description}" for n, cls in wl.WORKLOADS.items())
+                                     + f"\n  {cl.NAME:<17} {cl.DESCRIPTION}"
                                      + "\n  memory            RSS while channels are created, used once and "
                                        "abandoned (core layers)")
     parser.add_argument("--quick", action="store_true", help="short runs (1 s) and a 20k-channel churn")
@@ -342,6 +351,7 @@ def parse_args(argv=None):
                         help="measure nothing: print the table and draw the chart from the stored results.json")
     parser.add_argument("--readme", metavar="PATH", nargs="?", const="README.rst", default=None,
                         help="also copy the table into PATH (default README.rst) between its bench-table markers")
+    cl.add_arguments(parser)
     parser.add_argument("--memory-child", nargs=3, metavar=("LAYER", "URL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration is None:
@@ -384,7 +394,7 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) 
             f"workload (round the layers; the median is reported); "
             f"private Redis on {', '.join(str(s.port) for s in servers)}")
         log("=" * 100)
-        timed = [w for w in wanted if w != "memory"]
+        timed = [w for w in wanted if w in wl.WORKLOADS]
         for index, name in enumerate(timed, 1):
             cls = wl.WORKLOADS[name]
             specs = [s for s in layers if s.kind != "pubsub" or cls.pubsub_ok]
@@ -404,6 +414,9 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) 
             new["results"][name] = {layer: {**median_run(done), "measured_at": at} for layer, done in runs.items()}
             new["measured"][name] = {"at": at, "settings": settings, "machine": machine, "layers": list(runs)}
             new["workloads"][name] = cls.description
+
+        if cl.NAME in wanted:
+            new["cluster"] = cl.measure(args, servers[0], log, progress_line, median_run)
 
         if "memory" in wanted:
             mem_specs = [s for s in layers if s.kind == "core"]
@@ -437,13 +450,14 @@ def main(argv=None) -> int:
     if warning:
         log(warning)
     if args.render_only:
-        judged = [*stored["results"], *(["memory"] if stored["memory"] else [])]
+        judged = [*stored["results"], *(["memory"] if stored["memory"] else []),
+                  *([cl.NAME] if stored.get("cluster") else [])]
         return report(stored, args.out, judged, args)
 
-    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, "memory"]
-    unknown = [w for w in wanted if w not in wl.WORKLOADS and w != "memory"]
+    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, cl.NAME, "memory"]
+    unknown = [w for w in wanted if w not in wl.WORKLOADS and w not in ("memory", cl.NAME)]
     if unknown:
-        log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)} and memory")
+        log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)}, {cl.NAME} and memory")
         return 2
     layers, skipped = wl.available_layers()
     if args.layers:

@@ -264,8 +264,8 @@ class RedisChannelLayer(BaseChannelLayer):
         bang = channel.find("!")
         if bang >= 0 and self._local is not None and self._local.send(channel, bang, message, running_loop()):
             return
-        if self._cluster is not None:
-            await self._cluster.ready()
+        if self._cluster is not None and not self._cluster.router.ready:
+            await self._cluster.ready()  # the first use loads the slot map
         if bang >= 0:
             message = dict(message)
             message[RESERVED_KEY] = channel
@@ -319,7 +319,8 @@ class RedisChannelLayer(BaseChannelLayer):
         local = self.receive_buffer.get(channel)
         if local is not None and local.buffer:
             return self._received(local, local.take(), route[2])
-        if self._cluster is not None:
+        if self._cluster is not None and not self._cluster.router.ready:
+            # (Checked here, not awaited each time: a coroutine per waiting receive.)
             await self._cluster.ready()
         loop = running_loop()
         if self.receive_count == 0:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from redis.exceptions import ResponseError
 
 from .cluster_config import PlainHostErrors
 from .cluster_router import ClusterSlots
 from .cluster_slots import parse_redirect
-from .connection import DEFAULT_REPLY_TIMEOUT, RedisConnection, RedisProtocol, make_pool
+from .connection import DEFAULT_REPLY_TIMEOUT, Arg, RedisConnection, RedisProtocol, make_pool
 from .pump import KeyPump
 from .reconnect import Reachable
 from .routing import Router
@@ -68,10 +68,12 @@ class LoopConnections:
             self.add_nodes()
         return self.commands[node]
 
-    def _connection(self, node: int, name: str) -> RedisConnection:
-        factory = None
+    def _connection(self, node: int, name: str, asking: Callable[[], bool] | None = None) -> RedisConnection:
+        factory: Callable[[asyncio.AbstractEventLoop, float], RedisProtocol] | None = None
         if not self.cluster:
             factory = functools.partial(RedisProtocol, errors=PlainHostErrors(self.router.describe(node)))
+        elif asking is not None:
+            factory = functools.partial(AskingProtocol, asking=asking)
         return RedisConnection(
             self.pools[node], self.loop, self.reply_timeout, name=name,
             protocol_factory=factory, on_connect=self.reachable[node].notify,
@@ -83,7 +85,10 @@ class LoopConnections:
         Called by the pump between two pops (nothing in flight on its connection). A MOVED
         reply names the new owner; after a connection error the map is fetched again in
         the background (a failed primary's replica takes over), and the pump moves once
-        it names another owner. The pump goes on with what it holds: the members it
+        it names another owner. An ASK reply (the key left a slot being migrated) moves the
+        pump to the importing node with ASKING before each command, until the map names
+        that node the owner: a receive gets what senders put there while the migration
+        lasts, not only once it ends. The pump goes on with what it holds: the members it
         delivered and the in-flight key moved with their slot.
         """
         if not self.cluster:
@@ -91,11 +96,17 @@ class LoopConnections:
         router: ClusterSlots = self.router  # type: ignore[assignment]
         old = pump.node
         redirect = parse_redirect(error) if isinstance(error, ResponseError) else None
+        asking: Callable[[], bool] | None = None
         if redirect is not None and redirect.kind == "MOVED":
             node = router.moved(redirect, router.hosts[old].get("host", ""))
             router.refresh_soon()
             if node == old:
                 return True
+        elif redirect is not None and redirect.kind == "ASK":
+            node = router.node_at(redirect.node(router.hosts[old].get("host", "")))
+            if node == old:
+                return False
+            asking = functools.partial(_importing, router, pump.key, node)
         elif isinstance(error, ResponseError):
             return False
         else:
@@ -114,12 +125,15 @@ class LoopConnections:
             self.key_pumps[pump.key] = [p for p in pumps if p is not pump] + [pump]
         pump.move_to(
             node,
-            self._connection(node, f"{pump.key}@{node}"),
+            self._connection(node, f"{pump.key}@{node}", asking),
             self.commands[node],
             self.reachable[node],
             f"{pump.key} on {router.describe(node)}",
         )
-        logger.info("Receiving %s from %s now (its slot moved)", pump.key, router.describe(node))
+        logger.info(
+            "Receiving %s from %s now (its slot %s)", pump.key, router.describe(node),
+            "is being migrated there" if asking else "moved",
+        )
         return True
 
     def pump(
@@ -195,6 +209,47 @@ class LoopConnections:
             pump.connection.close_nowait()
         for connection in self.commands:
             connection.close_nowait()
+
+
+class AskingProtocol(RedisProtocol):
+    """A pump's socket to the importing node of a slot being migrated: while ``asking()``,
+    every command goes after an ASKING (which the server forgets after one command), and
+    the ASKING replies are dropped, so the pump's futures are those of its own commands."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, reply_timeout: float, asking: Callable[[], bool]
+    ) -> None:
+        super().__init__(loop, reply_timeout)
+        self.asking = asking
+
+    def execute(self, args: Sequence[Arg], block: float = 0.0) -> asyncio.Future:
+        if self.asking():
+            super().execute(("ASKING",)).add_done_callback(_retrieve)
+        return super().execute(args, block)
+
+    def execute_pipeline(
+        self, commands: Sequence[Sequence[Arg]], block: float = 0.0, blocking: int = 0
+    ) -> list[asyncio.Future]:
+        if not self.asking():
+            return super().execute_pipeline(commands, block, blocking)
+        paired = [one for command in commands for one in (("ASKING",), command)]
+        futures = super().execute_pipeline(paired, block, 2 * blocking + 1)
+        for future in futures[0::2]:
+            future.add_done_callback(_retrieve)
+        return futures[1::2]
+
+
+def _importing(router: ClusterSlots, key: str, node: int) -> bool:
+    """Whether ``node`` still only imports ``key``'s slot, as far as the map knows."""
+    try:
+        return router.node_of(key) != node
+    except LookupError:
+        return True
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _close_pool(pool: Any) -> None:

@@ -42,8 +42,9 @@ TRANSIENT_MAX = 1.0
 #: Error replies that pass once the server is ready (a demoted master after a failover,
 #: a restarted server loading its data): retried at the reconnect pace.
 _TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
-#: On a cluster, besides: a slot being migrated (ASK: the pump waits for the MOVED that
-#: ends the migration), no quorum for the slot yet, a pop unblocked by a failover.
+#: On a cluster, besides: a slot being migrated (an ASK the pump could not follow: it
+#: waits for the MOVED that ends the migration), no quorum for the slot yet, a pop
+#: unblocked by a failover, a two-key script on an importing node (TRYAGAIN).
 _CLUSTER_TRANSIENT = ("ASK", "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED")
 
 

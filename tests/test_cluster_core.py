@@ -380,6 +380,33 @@ async def test_a_half_done_migration_is_followed_with_asking(cluster):
     await _close(layer)
 
 
+async def test_a_pending_receive_follows_ask_to_the_importing_node_mid_migration(cluster):
+    # One hash tag: the process key's slot is migrated while a receive waits on it.
+    sender, receiver = _layer(cluster, prefix="{ask}"), _layer(cluster, prefix="{ask}")
+    receiver.brpop_timeout = 1  # the pop blocked on the source before the migration ends soon
+    channel = await receiver.new_channel()
+    await sender.send(channel, {"type": "m", "n": 0})
+    assert (await receive_soon(receiver, channel))["n"] == 0
+    slot = cluster.key_slot("{ask}")
+    source = cluster.node_for_slot(slot)
+    target = next(p for p in cluster.primaries() if p is not source)
+    waiting = asyncio.ensure_future(receive_soon(receiver, channel, timeout=30))
+    await asyncio.sleep(0.3)
+    cluster.begin_migration(slot, target)
+    # The process key is empty (gone from the source), so the send follows ASK to the target.
+    await sender.send(channel, {"type": "m", "n": 1})
+    assert target.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+    assert (await waiting) == {"type": "m", "n": 1}
+    assert [s for s, _, _ in cluster._open_migrations()] == [slot]  # received mid-migration
+    await sender.send(channel, {"type": "m", "n": 2})
+    assert (await receive_soon(receiver, channel))["n"] == 2
+    await asyncio.to_thread(cluster.finish_migration, slot, source, target)
+    await sender.send(channel, {"type": "m", "n": 3})
+    assert (await receive_soon(receiver, channel))["n"] == 3
+    await nothing_arrives(receiver, channel)
+    await _close(sender, receiver)
+
+
 async def test_a_pending_receive_gets_messages_sent_after_its_primary_crashed(cluster):
     sender, receiver = _layer(cluster), _layer(cluster)
     channel = await receiver.new_channel()

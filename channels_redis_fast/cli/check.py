@@ -1,6 +1,7 @@
 """``python -m channels_redis_fast check``: connect to every shard of a layer and say what is wrong.
 
-Per shard: reachable or not and why (refused, TLS, authentication, an ACL that lacks a
+Per shard (on a Redis Cluster: first the cluster as a whole, see cluster_check.py, then per
+primary): reachable or not and why (refused, TLS, authentication, an ACL that lacks a
 command the layer sends, ...), server name and version, mode, round-trip time,
 maxmemory and maxmemory-policy; and the layer's configuration as the layer resolved it.
 
@@ -17,6 +18,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .cluster_check import ClusterReport, check_cluster, render_cluster
 from .hosts import parse_hosts
 from .layer_config import BACKENDS, ConfigError, LayerConfig, from_settings, resolve
 from .probe import ShardReport, check_shard
@@ -59,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         "check; the default when neither this nor --hosts is given is $DJANGO_SETTINGS_MODULE",
     )
     source.add_argument(
+        "--cluster",
+        action="append",
+        metavar="URL",
+        help="a Redis Cluster's startup node (redis:// or rediss:// URL; repeat or separate with "
+        "commas): the same as --hosts '{\"cluster\": [URL, ...]}'",
+    )
+    source.add_argument(
         "--hosts",
         action="append",
         help="a shard: redis://, rediss:// or unix:// URL, or a JSON host dict such as "
@@ -86,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _layer_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LayerConfig:
+    if args.cluster:
+        urls = [url for value in args.cluster for url in value.split(",") if url.strip()]
+        args.hosts = [json.dumps({"cluster": [url.strip() for url in urls]})]
     if args.hosts:
         config: dict[str, Any] = {}
         if args.config:
@@ -101,10 +113,12 @@ def _layer_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             raise ConfigError(f"--hosts: {exc}") from exc
         if args.prefix is not None:
             config["prefix"] = args.prefix
-        return resolve(BACKENDS.get(args.backend, args.backend), config, "--hosts")
+        source = "--cluster" if args.cluster else "--hosts"
+        return resolve(BACKENDS.get(args.backend, args.backend), config, source)
     if args.prefix is not None or args.config is not None or args.backend != "core":
         parser.error(
-            "--prefix, --config and --backend go with --hosts; --settings reads them from CHANNEL_LAYERS"
+            "--prefix, --config and --backend go with --hosts or --cluster; --settings reads them "
+            "from CHANNEL_LAYERS"
         )
     module = args.settings or os.environ.get("DJANGO_SETTINGS_MODULE")
     if not module:
@@ -129,7 +143,7 @@ def _format_maxmemory(report: ShardReport) -> str:
     return f"{report.maxmemory} bytes ({report.maxmemory / 1024 / 1024:.1f} MiB)"
 
 
-def render(layer: LayerConfig, reports: list[ShardReport]) -> str:
+def render(layer: LayerConfig, reports: list[ShardReport], cluster: ClusterReport | None = None) -> str:
     lines = [
         f"channels_redis_fast check: {layer.source}",
         "",
@@ -138,6 +152,8 @@ def render(layer: LayerConfig, reports: list[ShardReport]) -> str:
     for name in _CONFIG_ORDER:
         if name in layer.resolved:
             lines.append(f"  {name:<18} {_format_value(layer.resolved[name])}")
+    if layer.cluster is not None and cluster is not None:
+        lines += render_cluster(layer.cluster, cluster)
     for report in reports:
         lines += ["", f"shard {report.index}: {report.host}  [{report.status.upper()}]"]
         if report.master:
@@ -160,13 +176,14 @@ def render(layer: LayerConfig, reports: list[ShardReport]) -> str:
     lines += [
         "",
         f"{len(reports)} shard(s): {len(reports) - errors - warnings} ok, "
-        f"{warnings} with warnings, {errors} with errors",
+        f"{warnings} with warnings, {errors} with errors"
+        + (f"; the cluster: {cluster.status}" if cluster is not None else ""),
     ]
     return "\n".join(lines)
 
 
-def exit_status(reports: list[ShardReport], strict: bool) -> int:
-    statuses = {report.status for report in reports}
+def exit_status(reports: list[ShardReport], strict: bool, cluster: ClusterReport | None = None) -> int:
+    statuses = {report.status for report in reports} | ({cluster.status} if cluster is not None else set())
     if "error" in statuses:
         return EXIT_ERROR
     if strict and "warning" in statuses:
@@ -182,8 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"check: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    reports = [check_shard(index, host, layer.kind, layer.prefix) for index, host in enumerate(layer.hosts)]
-    status = exit_status(reports, args.strict)
+    cluster: ClusterReport | None = None
+    hosts = layer.hosts
+    if layer.cluster is not None:
+        cluster, hosts = check_cluster(layer.cluster)
+    reports = [
+        check_shard(index, host, layer.kind, layer.prefix, cluster=cluster is not None)
+        for index, host in enumerate(hosts)
+    ]
+    status = exit_status(reports, args.strict, cluster)
     if args.json:
         print(
             json.dumps(
@@ -191,11 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "source": layer.source,
                     "layer": layer.resolved,
                     "shards": [report.as_dict() for report in reports],
+                    **({"cluster": cluster.as_dict()} if cluster is not None else {}),
                     "exit_status": status,
                 },
                 default=str,
             )
         )
     else:
-        print(render(layer, reports))
+        print(render(layer, reports, cluster))
     return status

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cluster_config import ClusterConfig, cluster_config
 from ..speedups import IMPLEMENTATION
 
 CORE_BACKEND = "channels_redis_fast.core.RedisChannelLayer"
@@ -35,6 +36,8 @@ class LayerConfig:
     prefix: str
     #: What the layer resolved, for display (never a password or an encryption key).
     resolved: dict[str, Any] = field(default_factory=dict)
+    #: A ``cluster`` host entry: ``hosts`` is empty until check asks the cluster for its primaries.
+    cluster: ClusterConfig | None = None
 
 
 def _import_string(path: str) -> Any:
@@ -145,5 +148,9 @@ def resolve(backend: str, config: dict[str, Any], source: str) -> LayerConfig:
         raise
     except (TypeError, ValueError, AssertionError, ImportError) as exc:
         raise ConfigError(f"{path}(**CONFIG) fails: {exc}") from exc
-    resolved = {"backend": path, "prefix": prefix, **resolved, "shards": len(hosts)}
-    return LayerConfig(source=source, backend=path, kind=kind, hosts=hosts, prefix=prefix, resolved=resolved)
+    cluster = cluster_config(config.get("hosts"))  # the layer accepted it: valid
+    shards: Any = len(hosts) if cluster is None else f"the primaries of {cluster.describe()}"
+    resolved = {"backend": path, "prefix": prefix, **resolved, "shards": shards}
+    return LayerConfig(
+        source=source, backend=path, kind=kind, hosts=hosts, prefix=prefix, resolved=resolved, cluster=cluster
+    )

@@ -228,20 +228,26 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def mode_findings(report: ShardReport, info: dict[str, Any], is_sentinel_entry: bool) -> None:
+def mode_findings(
+    report: ShardReport, info: dict[str, Any], is_sentinel_entry: bool, cluster: bool = False
+) -> None:
     """Mode of the server and whether this layer can use it.
 
-    The place cluster support plugs in: today a cluster node is an error, because keys of
-    other slots answer MOVED.
+    ``cluster``: the server is a primary of a ``cluster`` host entry, where cluster mode is
+    what is wanted; a plain entry that reaches a cluster node is an error (keys of other
+    slots answer MOVED).
     """
     redis_mode = str(info.get("redis_mode") or "standalone")
     report.mode = "sentinel" if is_sentinel_entry and redis_mode == "standalone" else redis_mode
-    if redis_mode == "cluster":
+    if cluster and redis_mode != "cluster":
+        report.add("error", "mode", f"this server runs in {redis_mode} mode, not as a Redis Cluster node")
+    elif redis_mode == "cluster" and not cluster:
         report.add(
             "error",
             "mode",
-            "this server runs in cluster mode, which channels_redis_fast does not support yet "
-            "(keys on other nodes answer MOVED); use standalone servers as shards",
+            "this server is a Redis Cluster node, which a plain host entry cannot use (keys on "
+            'other nodes answer MOVED): configure hosts=[{"cluster": ["redis://HOST:PORT"]}] '
+            "(the `cluster` option)",
         )
     elif redis_mode == "sentinel":
         report.add(
@@ -291,7 +297,7 @@ def _bytes(value: int) -> str:
     return f"{value} B"  # pragma: no cover
 
 
-def _info(client: redis.Redis, report: ShardReport, kind: str, is_sentinel_entry: bool) -> None:
+def _info(client: redis.Redis, report: ShardReport, kind: str, is_sentinel_entry: bool, cluster: bool) -> None:
     try:
         info = client.info()
     except ResponseError as exc:
@@ -316,7 +322,7 @@ def _info(client: redis.Redis, report: ShardReport, kind: str, is_sentinel_entry
             f"Redis {report.version} is older than the supported "
             f"{'.'.join(map(str, MIN_REDIS_VERSION))}",
         )
-    mode_findings(report, info, is_sentinel_entry)
+    mode_findings(report, info, is_sentinel_entry, cluster)
     memory_findings(report, info, kind)
 
 
@@ -406,8 +412,9 @@ def _permissions(client: redis.Redis, report: ShardReport, kind: str, prefix: st
         )
 
 
-def check_shard(index: int, host: dict[str, Any], kind: str, prefix: str) -> ShardReport:
-    """Everything ``check`` reports about one ``hosts`` entry; never raises a Redis error."""
+def check_shard(index: int, host: dict[str, Any], kind: str, prefix: str, cluster: bool = False) -> ShardReport:
+    """Everything ``check`` reports about one ``hosts`` entry (``cluster``: a primary of a
+    cluster entry); never raises a Redis error."""
     report = ShardReport(index=index, host=describe_host(host))
     is_sentinel_entry = "master_name" in host
     if is_sentinel_entry:
@@ -425,7 +432,7 @@ def check_shard(index: int, host: dict[str, Any], kind: str, prefix: str) -> Sha
         report.reachable = True
         samples += [_ping(client) for _ in range(RTT_SAMPLES - 1)]
         report.rtt_ms = statistics.median(samples) * 1000
-        _info(client, report, kind, is_sentinel_entry)
+        _info(client, report, kind, is_sentinel_entry, cluster)
         _permissions(client, report, kind, prefix)
     except (redis.RedisError, OSError) as exc:
         report.add("error", *classify(exc, where))
