@@ -528,7 +528,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 if local.buffer:
                     local.wake(len(local.buffer))
         if now >= self._next_sweep:
-            self._sweep_buffers(now)
+            # After the receivers this batch woke, not before them: a sweep walks every
+            # channel, and a dense process has tens of thousands.
+            self._next_sweep = now + SWEEP_INTERVAL
+            asyncio.get_running_loop().call_soon(self._sweep_buffers, now)
 
     def _put_back(self, channel: str, message: dict) -> None:
         """A message received for a sync caller who gave up before taking it (see

@@ -35,15 +35,16 @@ __all__ = ["EMPTY", "NO_BUFFER", "LocalChannel", "LocalChannels"]
 EMPTY: Any = object()
 
 
-class _NoBuffer:
-    """The buffer of a channel that has not buffered anything yet: empty, read-only."""
+class _NoBuffer(tuple):  # type: ignore[type-arg]
+    """The buffer of a channel that has not buffered anything yet: empty, read-only.
+
+    An empty tuple underneath, so that ``len()`` and the truth test every delivery makes
+    (``not local.buffer``) stay in C instead of calling a Python ``__len__``.
+    """
 
     __slots__ = ()
     maxsize = 0
     dropped = 0
-
-    def __len__(self) -> int:
-        return 0
 
     def qsize(self) -> int:
         return 0
