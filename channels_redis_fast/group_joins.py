@@ -11,6 +11,7 @@ their group_adds awaits: the cost per member is its two arguments in that call.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from .connection import RedisConnection
@@ -29,22 +30,25 @@ class GroupJoins:
     __slots__ = ("_waves",)
 
     def __init__(self) -> None:
-        self._waves: dict[tuple[RedisConnection, bytes], tuple[list[Any], asyncio.Future]] = {}
+        self._waves: dict[tuple[RedisConnection, bytes], tuple[list[Any], list[asyncio.Future]]] = {}
 
-    def join(self, connection: RedisConnection, key: bytes, score: float, channel: str, ttl: int) -> Any:
-        """Add ``channel`` to the group at ``key``; an awaitable that ends once Redis has it
+    def join(self, connection: RedisConnection, key: bytes, score: float, channel: str, ttl: int) -> asyncio.Future:
+        """Add ``channel`` to the group at ``key``; a future that ends once Redis has it
         (or raises what the call raised, for every member of the wave)."""
         wave = self._waves.get((connection, key))
         if wave is None:
-            args: list[Any] = [ttl]
+            wave = self._waves[(connection, key)] = ([ttl], [])
             # The task's first step runs on the next loop iteration: every join issued
             # until then rides along.
-            sent = asyncio.ensure_future(self._send(connection, key, args))
-            wave = self._waves[(connection, key)] = (args, sent)
+            sent = asyncio.ensure_future(self._send(connection, key, wave[0]))
+            sent.add_done_callback(functools.partial(_tell, wave[1]))
         wave[0].append(score)
         wave[0].append(channel)
-        # Shielded: one joiner cancelled must not cancel the call the others wait for.
-        return asyncio.shield(wave[1])
+        # A future of its own per joiner (not a shield around the call): a joiner
+        # cancelled cancels only that, and a wave of thousands allocates the least.
+        waiter = asyncio.get_running_loop().create_future()
+        wave[1].append(waiter)
+        return waiter
 
     async def _send(self, connection: RedisConnection, key: bytes, args: list[Any]) -> None:
         del self._waves[(connection, key)]  # later joins start the next wave
@@ -55,3 +59,14 @@ class GroupJoins:
             for first in range(0, len(pairs), step)
         ]
         await (calls[0] if len(calls) == 1 else asyncio.gather(*calls))
+
+
+def _tell(waiters: list[asyncio.Future], sent: asyncio.Future) -> None:
+    """The wave's outcome to each joiner still waiting."""
+    error = sent.exception() if not sent.cancelled() else asyncio.CancelledError()
+    for waiter in waiters:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)

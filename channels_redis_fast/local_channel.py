@@ -35,7 +35,7 @@ __all__ = ["EMPTY", "NO_BUFFER", "LocalChannel", "LocalChannels"]
 EMPTY: Any = object()
 
 
-class _NoBuffer(tuple):  # type: ignore[type-arg]
+class _NoBuffer(tuple):
     """The buffer of a channel that has not buffered anything yet: empty, read-only.
 
     An empty tuple underneath, so that ``len()`` and the truth test every delivery makes

@@ -238,7 +238,9 @@ class Shard:
         first SUBSCRIBE on the socket is kept and the others wait for it.
         """
         self.wanted.add(name)
-        protocol = cast(SubscriberProtocol, await self.subscriber.connect())
+        protocol = cast("SubscriberProtocol | None", self.subscriber.protocol)
+        if protocol is None or protocol.closed is not None:
+            protocol = cast(SubscriberProtocol, await self.subscriber.connect())
         # It may have been freed while we connected; never subscribe a name nobody wants.
         if name in self.wanted:
             sent = protocol.replayed.get(name)  # subscribed as the socket was attached

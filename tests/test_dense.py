@@ -73,6 +73,23 @@ async def test_core_join_storm_lands_every_member_in_few_calls(redis_url):
     await layer.flush()
 
 
+async def test_core_join_wave_goes_out_whole_when_some_joiners_are_cancelled(redis_url, caplog):
+    layer = RedisChannelLayer(hosts=[redis_url])
+    client = redis.Redis.from_url(redis_url)
+    channels = [await layer.new_channel() for _ in range(100)]
+    tasks = [asyncio.ensure_future(layer.group_add("wave", c)) for c in channels]
+    await asyncio.sleep(0)  # every group_add is in the wave, which has not gone out yet
+    for task in tasks[::2]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+    assert all(r is None for r in results[1::2])
+    # The others' call was not cancelled with them: the wave went out whole.
+    assert client.zcard("asgi:group:wave") == 100
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    await layer.flush()
+
+
 async def test_pubsub_join_storm_subscribes_the_group_once(redis_url):
     layer = RedisPubSubChannelLayer(hosts=[redis_url])
     client = redis.Redis.from_url(redis_url)
