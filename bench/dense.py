@@ -258,7 +258,9 @@ async def measure_layer(spec: wl.LayerSpec, url: str, server: Any, n: int, round
         await layer.group_send(GROUP, {"type": "dense.message", "text": "x" * 40, "round": r, "t": time.time()})
 
     try:
-        return await run_child(["idle", spec.name, url, str(n), str(rounds), str(quiet)], send)
+        # channels_redis sets up tens of thousands of waiting consumers slowly (chunked joins).
+        timeout = 900 if spec.anchor else 300
+        return await run_child(["idle", spec.name, url, str(n), str(rounds), str(quiet)], send, timeout)
     finally:
         closing = getattr(layer, "close_pools", None) or getattr(layer, "close", None)
         if closing is not None:
