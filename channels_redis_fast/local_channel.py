@@ -130,7 +130,10 @@ class LocalChannel:
                     self.handed_item = item
                     waiter.set_result(None)
                     return
-        self.own_buffer().put_nowait(item)
+        buffer = self.buffer
+        if buffer is NO_BUFFER:
+            buffer = self.own_buffer()
+        buffer.put_nowait(item)
 
     def put(self, item: Any) -> bool:
         """Deliver ``item``: handed to a receiver waiting on an empty buffer, else
@@ -145,7 +148,9 @@ class LocalChannel:
                     self.handed_item = item
                     waiter.set_result(None)
                     return False
-        buffer = self.own_buffer()
+        buffer = self.buffer
+        if buffer is NO_BUFFER:
+            buffer = self.own_buffer()
         dropped = buffer.full()
         buffer.put_nowait(item)
         if waiters:
