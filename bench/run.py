@@ -333,7 +333,8 @@ def parse_args(argv=None):
                                          f"  {n:<17} {cls.description}" for n, cls in wl.WORKLOADS.items())
                                      + f"\n  {cl.NAME:<17} {cl.DESCRIPTION}"
                                      + "\n  memory            RSS while channels are created, used once and "
-                                       "abandoned (core layers)")
+                                       "abandoned (core layers)"
+                                     + "\n  dense             many idle consumers in one process (bench/dense.py)")
     parser.add_argument("--quick", action="store_true", help="short runs (1 s) and a 20k-channel churn")
     parser.add_argument("--workloads", default="", help="comma list (default all, listed below); the results "
                         "of the others stay in results.json")
@@ -454,7 +455,11 @@ def main(argv=None) -> int:
                   *([cl.NAME] if stored.get("cluster") else [])]
         return report(stored, args.out, judged, args)
 
-    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, cl.NAME, "memory"]
+    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, cl.NAME, "memory", "dense"]
+    dense_status = run_dense(args) if "dense" in wanted else 0  # bench/dense.py: its own table
+    wanted = [w for w in wanted if w != "dense"]
+    if not wanted:
+        return dense_status
     unknown = [w for w in wanted if w not in wl.WORKLOADS and w not in ("memory", cl.NAME)]
     if unknown:
         log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)}, {cl.NAME} and memory")
@@ -468,7 +473,15 @@ def main(argv=None) -> int:
     data.update(targets=rp.TARGETS, pubsub_targets=rp.PUBSUB_TARGETS, verdicts=rp.verdicts(data["results"]))
     with open(json_path, "w") as fh:
         json.dump(data, fh, indent=2)
-    return report(data, args.out, wanted, args)
+    return report(data, args.out, wanted, args) or dense_status
+
+
+def run_dense(args) -> int:
+    """The dense-process rows (bench/dense.py, issue 24): fresh child processes of their own."""
+    import dense
+
+    return dense.main([*(["--quick"] if args.quick else []), *(["--report-only"] if args.report_only else []),
+                       "--out", args.out])
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from .group_plan import (
     bundled_payloads,
     make_plan,
 )
+from .group_joins import GroupJoins
 from .loop_connections import LoopConnections
 from .routing import HashRing, Router
 from .scripts import group_add_script, group_send_known_script, group_send_script, send_script
@@ -56,10 +57,12 @@ __all__ = ["ChannelFull", "RedisChannelLayer"]
 
 #: Seconds between sweeps of local buffers nobody receives from.
 SWEEP_INTERVAL = 1.0
-#: A buffer emptied by a hand-over stays for its receiver's next wait (a new one per
-#: message costs ~5% of a group delivery) while there are at most this many buffers;
-#: the next sweep drops it if that receiver does not come back.
-KEEP_EMPTY_BUFFERS = 4096
+#: A channel emptied by a hand-over stays for its receiver's next wait (making it anew
+#: per message costs more than keeping it) while there are at most this many channels;
+#: the next sweep drops it if that receiver does not come back. An empty channel is
+#: small (no buffer until a message waits in one), so a dense process's every consumer
+#: fits (issue 24).
+KEEP_EMPTY_BUFFERS = 65536
 #: How many channels' receive routes to remember (cleared when full).
 ROUTE_CACHE_SIZE = 16384
 
@@ -136,7 +139,11 @@ class RedisChannelLayer(BaseChannelLayer):
         self.stats_counters: collections.Counter[str] = collections.Counter()
         self._valid_channels = ValidNames(self.require_valid_channel_name)
         self._receive_routes: dict[str, tuple[str, str, bool]] = {}
+        #: One route per process-channel prefix, shared by every channel under it.
+        self._process_routes: dict[str, tuple[str, str, bool]] = {}
         self._group_plans = GroupPlans()
+        #: Per loop's connections: group_adds waiting to go out together (group_joins.py).
+        self._joins: weakref.WeakKeyDictionary[LoopConnections, GroupJoins] = weakref.WeakKeyDictionary()
         self.router.on_change(self._group_plans.clear)
         #: Runs calls made on asgiref's per-call loops (sync callers); see sync_bridge.py.
         self._sync = SyncBridge(self)
@@ -156,6 +163,9 @@ class RedisChannelLayer(BaseChannelLayer):
         self._receive_routes.clear()
         if self._local is not None:
             self._local.forked()
+        self._process_routes.clear()
+        for local in self.receive_buffer.values():
+            local.route = None
 
     # -- serialization and naming ---------------------------------------------------
     def serialize(self, message: Any) -> bytes:
@@ -313,10 +323,13 @@ class RedisChannelLayer(BaseChannelLayer):
         """
         if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:
             return await self._sync.call(self.receive, channel, give_back=self._put_back)
-        route = self._receive_routes.get(channel) if type(channel) is str else None
+        local = self.receive_buffer.get(channel) if type(channel) is str else None
+        # A channel a receive() already checked keeps its route (see LocalChannel.route).
+        route = local.route if local is not None else None
         if route is None:
-            route = self._receive_route(channel)
-        local = self.receive_buffer.get(channel)
+            route = self._receive_routes.get(channel) if type(channel) is str else None
+            if route is None:
+                route = self._receive_route(channel)
         if local is not None and local.buffer:
             return self._received(local, local.take(), route[2])
         if self._cluster is not None and not self._cluster.router.ready:
@@ -334,6 +347,7 @@ class RedisChannelLayer(BaseChannelLayer):
             while True:
                 # Wait as a receiver of this channel (and of its Redis key's pumps).
                 local = self.receive_buffer[channel]
+                local.route = route
                 waiter = loop.create_future()  # a waiting receiver (see LocalChannel)
                 local.waiters.append(waiter)
                 others = receivers.get(key, 0)
@@ -382,9 +396,14 @@ class RedisChannelLayer(BaseChannelLayer):
                 raise WrongClientPrefixError(
                     f"Wrong client prefix: {channel!r} was not made by this layer"
                 )
+            shared = self._process_routes.get(real_channel)
+            if shared is None:
+                if len(self._process_routes) >= ROUTE_CACHE_SIZE:
+                    self._process_routes.clear()
+                shared = self._process_routes[real_channel] = (self.prefix + real_channel, real_channel, False)
+            route = shared
         else:
-            real_channel = channel
-        route = (self.prefix + real_channel, real_channel, bang < 0)
+            route = (self.prefix + channel, channel, True)
         routes = self._receive_routes
         if len(routes) >= ROUTE_CACHE_SIZE:
             routes.clear()
@@ -530,7 +549,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 if local.buffer:
                     local.wake(len(local.buffer))
         if now >= self._next_sweep:
-            self._sweep_buffers(now)
+            # After the receivers this batch woke, not before them: a sweep walks every
+            # channel, and a dense process has tens of thousands.
+            self._next_sweep = now + SWEEP_INTERVAL
+            asyncio.get_running_loop().call_soon(self._sweep_buffers, now)
 
     def _put_back(self, channel: str, message: dict) -> None:
         """A message received for a sync caller who gave up before taking it (see
@@ -583,11 +605,16 @@ class RedisChannelLayer(BaseChannelLayer):
         key = self._group_key(group)
         self._group_plans.pop(group, None)
         # A script, so that a Redis out of memory refuses the ZADD and the EXPIRE alike.
-        args = [time.time(), channel, max(1, math.ceil(self.group_expiry))]
+        now, ttl = time.time(), max(1, math.ceil(self.group_expiry))
         if self._cluster is not None:
-            await self._cluster.script(group_add_script, [key], args)
+            await self._cluster.script(group_add_script, [key], [now, channel, ttl])
             return
-        await group_add_script(self._loop_connections().commands[self.router.node_of(key)], [key], args)
+        # Concurrent joins of one group share one script call (group_joins.py).
+        state = self._loop_connections()
+        joins = self._joins.get(state)
+        if joins is None:
+            joins = self._joins[state] = GroupJoins()
+        await joins.join(state.commands[self.router.node_of(key)], key, now, channel, ttl)
 
     async def group_discard(self, group: str, channel: str) -> None:
         if PER_CALL_LOOPS and running_loop() in PER_CALL_LOOPS:

@@ -12,20 +12,63 @@ wake-up on.
 The object also answers the ``ChannelBuffer`` calls (``qsize``, ``put_nowait``, ...), so a
 layer's ``receive_buffer`` (channels_redis's name, which its tests read) can be the one
 dict of channels.
+
+A process may hold tens of thousands of these, nearly all idle with one receiver waiting,
+so each is kept small: the buffer is allocated by the first message that has to wait in
+it (a message handed straight to a waiting receiver never touches one), and the waiting
+receivers are a list, which is a fraction of an empty deque's size and as fast for the
+one or two receivers a channel usually has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Callable
+from asyncio import QueueEmpty
+from typing import Any
 
 from .speedups import ChannelBuffer
 
-__all__ = ["EMPTY", "LocalChannel", "LocalChannels"]
+__all__ = ["EMPTY", "NO_BUFFER", "LocalChannel", "LocalChannels"]
 
 #: What :meth:`LocalChannel.claim` returns when a woken receiver finds nothing to take.
 EMPTY: Any = object()
+
+
+class _NoBuffer(tuple):
+    """The buffer of a channel that has not buffered anything yet: empty, read-only.
+
+    An empty tuple underneath, so that ``len()`` and the truth test every delivery makes
+    (``not local.buffer``) stay in C instead of calling a Python ``__len__``.
+    """
+
+    __slots__ = ()
+    maxsize = 0
+    dropped = 0
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return False
+
+    def get_nowait(self) -> Any:
+        raise QueueEmpty
+
+    def put_nowait(self, item: Any) -> None:
+        raise RuntimeError("a LocalChannel buffers through its own methods (own_buffer)")
+
+    put_front = put_nowait
+
+    def __repr__(self) -> str:
+        return "<no buffer yet>"
+
+
+#: Shared by every channel that has not buffered a message yet.
+NO_BUFFER: Any = _NoBuffer()
 
 
 class LocalChannel:
@@ -33,6 +76,7 @@ class LocalChannel:
 
     __slots__ = (
         "name",
+        "capacity",
         "buffer",
         "waiters",
         "woken",
@@ -41,14 +85,16 @@ class LocalChannel:
         "scores",
         "give_back_timer",
         "touched",
-        "put_nowait",
+        "route",
     )
 
     def __init__(self, name: str, capacity: int, buffer: ChannelBuffer | None = None) -> None:
         self.name = name
-        self.buffer = ChannelBuffer(capacity) if buffer is None else buffer
-        #: Receivers waiting for a message, oldest first; woken ones leave the deque.
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.capacity = capacity
+        #: NO_BUFFER until a message has to wait here (see own_buffer).
+        self.buffer: ChannelBuffer = NO_BUFFER if buffer is None else buffer
+        #: Receivers waiting for a message, oldest first; woken ones leave the list.
+        self.waiters: list[asyncio.Future] = []
         #: Receivers woken to look at the buffer that have not run yet.
         self.woken = 0
         #: The receiver a message is on its way to (a hand-over), and that message.
@@ -60,11 +106,35 @@ class LocalChannel:
         self.give_back_timer: asyncio.TimerHandle | None = None
         #: When a delivery last reached this channel (time.time()); 0 if none yet.
         self.touched = 0.0
-        #: Buffer ``item`` without waking anyone: demux_batch calls it per delivery, so it
-        #: is the buffer's own method, bound once, not a Python function around it.
-        self.put_nowait: Callable[[Any], None] = self.buffer.put_nowait
+        #: The layer's receive route for this name, once a receive() has checked it.
+        self.route: Any = None
+
+    def own_buffer(self) -> ChannelBuffer:
+        """The channel's buffer, allocated now if it had none."""
+        buffer = self.buffer
+        if buffer is NO_BUFFER:
+            buffer = self.buffer = ChannelBuffer(self.capacity)
+        return buffer
 
     # -- delivering ---------------------------------------------------------------------
+    def put_nowait(self, item: Any) -> None:
+        """Deliver ``item`` without waking anyone else: handed to a receiver waiting on
+        an empty buffer (no buffer round trip), else buffered. demux_batch calls this per
+        delivery; the layer wakes receivers for what was buffered once the batch is in."""
+        waiters = self.waiters
+        if waiters and self.handed_to is None and not self.buffer:
+            while waiters:
+                waiter = waiters.pop(0)
+                if not waiter.done():
+                    self.handed_to = waiter
+                    self.handed_item = item
+                    waiter.set_result(None)
+                    return
+        buffer = self.buffer
+        if buffer is NO_BUFFER:
+            buffer = self.own_buffer()
+        buffer.put_nowait(item)
+
     def put(self, item: Any) -> bool:
         """Deliver ``item``: handed to a receiver waiting on an empty buffer, else
         buffered (dropping the oldest when full) with a receiver woken. True if one
@@ -72,13 +142,15 @@ class LocalChannel:
         waiters = self.waiters
         if waiters and self.handed_to is None and not self.buffer:
             while waiters:
-                waiter = waiters.popleft()
+                waiter = waiters.pop(0)
                 if not waiter.done():
                     self.handed_to = waiter
                     self.handed_item = item
                     waiter.set_result(None)
                     return False
         buffer = self.buffer
+        if buffer is NO_BUFFER:
+            buffer = self.own_buffer()
         dropped = buffer.full()
         buffer.put_nowait(item)
         if waiters:
@@ -92,7 +164,7 @@ class LocalChannel:
             return False
         waiters = self.waiters
         while waiters:
-            waiter = waiters.popleft()
+            waiter = waiters.pop(0)
             if not waiter.done():
                 scores = self.scores
                 if scores:
@@ -107,7 +179,7 @@ class LocalChannel:
         """Wake up to ``count`` waiting receivers to take from the buffer."""
         waiters = self.waiters
         while count > 0 and waiters:
-            waiter = waiters.popleft()
+            waiter = waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
                 self.woken += 1
@@ -118,7 +190,7 @@ class LocalChannel:
 
     def fail(self, error: BaseException) -> None:
         """Make every waiting receiver raise ``error`` (nothing was taken for them)."""
-        waiters, self.waiters = self.waiters, collections.deque()
+        waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
@@ -163,7 +235,7 @@ class LocalChannel:
 
     def put_back(self, item: Any) -> None:
         """Return a message to the head of the buffer (it was taken, then not received)."""
-        self.buffer.put_front(item)
+        self.own_buffer().put_front(item)
 
     # -- state --------------------------------------------------------------------------
     def waiting(self) -> int:
@@ -195,11 +267,11 @@ class LocalChannel:
         return self.buffer.get_nowait()
 
     def put_front(self, item: Any) -> None:
-        self.buffer.put_front(item)
+        self.own_buffer().put_front(item)
 
     @property
     def maxsize(self) -> int:
-        return self.buffer.maxsize
+        return self.capacity
 
     @property
     def dropped(self) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
 import types
 import uuid
@@ -218,8 +219,10 @@ class _LocalChannel(LocalChannel):
 
     def __init__(self, name: str, capacity: int) -> None:
         super().__init__(name, capacity)
-        #: Group channel names this channel belongs to, so freeing it can leave them.
-        self.groups: set[str] = set()
+        #: Group channel names this channel belongs to, so freeing it can leave them: a
+        #: tuple, since a channel is in a group or two and an empty set is several times
+        #: the size of a small tuple.
+        self.groups: tuple[str, ...] = ()
         #: Made by this loop layer's new_channel() (and still subscribed since): sends to it
         #: are delivered in process (local_delivery.py).
         self.made_here = False
@@ -471,7 +474,7 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
             if not members:
                 del self.groups[group_channel]
                 self._get_shard(group_channel).unsubscribe_nowait(group_channel)
-        local.groups.clear()
+        local.groups = ()
 
     # -- groups ---------------------------------------------------------------------------
     async def group_add(self, group: str, channel: str) -> None:
@@ -485,10 +488,13 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
                 "Consumers are encouraged to use the common pattern:\n"
                 f"   self.channel_layer.group_add({group!r}, self.channel_name)"
             )
-        group_channel = self._get_group_channel_name(group)
+        # Interned: every member's ``groups`` names it, one string for all of them.
+        group_channel = sys.intern(self._get_group_channel_name(group))
         self.groups.setdefault(group_channel, set()).add(channel)
-        local.groups.add(group_channel)
-        await self._get_shard(group_channel).subscribe(group_channel)
+        if group_channel not in local.groups:
+            local.groups = (*local.groups, group_channel)
+        # Shared: the concurrent group_adds of one group wait for one SUBSCRIBE.
+        await self._get_shard(group_channel).subscribe(group_channel, shared=True)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove a channel from ``group``; a no-op if it is not in it."""
@@ -500,8 +506,8 @@ class RedisPubSubLoopLayer(BaseChannelLayer):
             return
         members.discard(channel)
         local = self.channels.get(channel)
-        if local is not None:
-            local.groups.discard(group_channel)
+        if local is not None and group_channel in local.groups:
+            local.groups = tuple(g for g in local.groups if g != group_channel)
         if not members:
             del self.groups[group_channel]
             await self._get_shard(group_channel).unsubscribe(group_channel)

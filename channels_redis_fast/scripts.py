@@ -193,6 +193,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return added
 """
 
+# Members joining one group at once (group_joins.py): ARGV[1] the key's TTL, then score,
+# member pairs, ZADDed in chunks that keep unpack() under Lua's stack limit.
+GROUP_ADD_MANY = REFUSED + """
+local added = 0
+for first = 2, #ARGV, 2000 do
+    local n = redis.pcall('ZADD', KEYS[1], unpack(ARGV, first, math.min(first + 1999, #ARGV)))
+    if type(n) == 'table' then
+        return refused(n)
+    end
+    added = added + n
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return added
+"""
+
 # KEYS[1] work-queue key, KEYS[2] this pump's in-flight key
 # ARGV: how many to pop, in-flight key ttl (whole seconds)
 # ZPOPMIN's reply (member, score, ...). Its write comes first, so maxmemory never stops
@@ -358,5 +373,6 @@ send_script = Script(SEND)
 group_send_script = Script(GROUP_SEND)
 group_send_known_script = Script(GROUP_SEND_KNOWN)
 group_add_script = Script(GROUP_ADD)
+group_add_many_script = Script(GROUP_ADD_MANY)
 work_pop_script = Script(WORK_POP)
 work_restore_script = Script(WORK_RESTORE)

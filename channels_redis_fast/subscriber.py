@@ -75,6 +75,9 @@ class SubscriberProtocol(RedisProtocol):
         #: all are answered; ``ready`` gathers their replies (None: there were none).
         self.replayed: dict[str, asyncio.Future] = {}
         self.ready: asyncio.Future | None = None
+        #: The SUBSCRIBE of each shared name (a group) sent on this socket, which every
+        #: later subscriber of that name waits for instead of sending another.
+        self.shared: dict[str, asyncio.Future] = {}
 
     def attach(self, transport: asyncio.Transport) -> None:
         super().attach(transport)
@@ -142,7 +145,7 @@ class SubscriberProtocol(RedisProtocol):
                         if waiters and local.handed_to is None and not local.buffer:
                             waiter = waiters[0]
                             if not waiter.done():
-                                waiters.popleft()
+                                waiters.pop(0)
                                 local.handed_to = waiter
                                 local.handed_item = payload
                                 waiter.set_result(None)
@@ -247,14 +250,26 @@ class Shard:
         receivers: Awaitable[int] = self.publisher.execute(self.PUBLISH, channel, data)
         return receivers
 
-    async def subscribe(self, name: str) -> None:
+    async def subscribe(self, name: str, shared: bool = False) -> None:
+        """SUBSCRIBE ``name`` (unless this socket already did); returns once Redis confirmed.
+
+        ``shared``: many callers subscribe this name (a group's members joining), so the
+        first SUBSCRIBE on the socket is kept and the others wait for it.
+        """
         self.wanted.add(name)
-        protocol = cast(SubscriberProtocol, await self.subscriber.connect())
+        protocol = cast("SubscriberProtocol | None", self.subscriber.protocol)
+        if protocol is None or protocol.closed is not None:
+            protocol = cast(SubscriberProtocol, await self.subscriber.connect())
         # It may have been freed while we connected; never subscribe a name nobody wants.
         if name in self.wanted:
-            replayed = protocol.replayed.get(name)
-            if replayed is not None:  # subscribed as the socket was attached
-                await asyncio.shield(replayed)
+            sent = protocol.replayed.get(name)  # subscribed as the socket was attached
+            if sent is None and shared:
+                sent = protocol.shared.get(name)
+                if sent is None:
+                    sent = protocol.shared[name] = protocol.execute((self.SUBSCRIBE, name))
+                    sent.add_done_callback(functools.partial(_forget_failed, protocol.shared, name))
+            if sent is not None:
+                await asyncio.shield(sent)
             else:
                 await protocol.execute((self.SUBSCRIBE, name))
 
@@ -266,6 +281,7 @@ class Shard:
             return None  # the next connection simply will not subscribe it
         # Subscribing it again later must send a SUBSCRIBE after this UNSUBSCRIBE.
         protocol.replayed.pop(name, None)
+        protocol.shared.pop(name, None)
         future = protocol.execute((self.UNSUBSCRIBE, name))
         future.add_done_callback(_consume_result)
         return future
@@ -365,6 +381,13 @@ class Shard:
     async def close(self) -> None:
         await self._close_connections()
         await _close_pool(self.pool)
+
+
+def _forget_failed(shared: dict[str, asyncio.Future], name: str, future: asyncio.Future) -> None:
+    # A refused SUBSCRIBE (an ACL) is not kept: the next subscriber asks again.
+    if future.cancelled() or future.exception() is not None:
+        if shared.get(name) is future:
+            del shared[name]
 
 
 def _consume_result(future: asyncio.Future) -> None:

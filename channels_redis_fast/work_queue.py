@@ -66,7 +66,7 @@ class WorkQueue:
         owner = self.owner
         cutoff = now - owner.expiry
         local = self.channels[channel]
-        buffer = local.buffer
+        buffer = local.own_buffer()
         malformed = []
         expired = 0
         scores = local.scores

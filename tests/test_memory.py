@@ -82,6 +82,7 @@ async def test_channel_churn_leaves_no_state_and_rss_levels_off(redis_url):
     last = await layer.new_channel()
     await layer.send(last, {"type": "last"})
     assert await asyncio.wait_for(layer.receive(last), 5) == {"type": "last"}
+    await asyncio.sleep(0)  # the sweep runs right after the receivers the batch woke
     assert set(layer.receive_buffer) <= {last}
     state = layer._layers[asyncio.get_running_loop()]
     assert len(state.pumps) == 1  # the process key, on the only shard
@@ -117,6 +118,7 @@ async def test_buffers_never_received_from_are_swept_after_expiry(redis_url):
     # The next batch that arrives sweeps buffers untouched for longer than expiry.
     await layer.send(active, {"n": 1})
     assert await asyncio.wait_for(layer.receive(active), 5) == {"n": 1}
+    await asyncio.sleep(0)  # the sweep runs right after the receivers the batch woke
     assert not any(c in layer.receive_buffer for c in forgotten), "stale buffers were kept"
     # All that may stay is the active channel's own buffer, emptied by a hand-over and
     # kept for its receiver's next wait.

@@ -99,7 +99,7 @@ async def test_last_group_discard_unsubscribes_the_group(layer, redis_url):
     assert client.pubsub_numsub("asgi__group__room")[0][1] == 1
     await layer.group_discard("room", channel)
     assert client.pubsub_numsub("asgi__group__room")[0][1] == 0
-    assert layer.groups == {} and layer.channels[channel].groups == set()
+    assert layer.groups == {} and not layer.channels[channel].groups
 
 
 async def test_multiple_shards_route_by_consistent_hash(shard_urls):
