@@ -110,8 +110,8 @@ def make_room(local: LocalChannel, capacity: int) -> None:
     wider.dropped = local.dropped  # stats() sums what buffers dropped
     while len(local):
         wider.put_nowait(local.get_nowait())
-    local.buffer = wider
-    local.put_nowait = wider.put_nowait
+    local.buffer = wider  # LocalChannel.put_nowait reads the slot: no method to rebind
+    local.capacity = capacity
 
 
 class Expiry:

@@ -267,8 +267,11 @@ class ShardedPubSub:
             self.router.refresh_soon()
 
     # -- subscribing --------------------------------------------------------------------
-    async def subscribe(self, name: str) -> None:
-        """SSUBSCRIBE ``name`` on its slot's owner; raises if that fails for RETRY_FOR."""
+    async def subscribe(self, name: str, shared: bool = False) -> None:
+        """SSUBSCRIBE ``name`` on its slot's owner; raises if that fails for RETRY_FOR.
+
+        ``shared`` is the single-Redis shard's hint (many callers subscribe one name);
+        here every call is placed on its own, as before the hint existed."""
         await self.commands.ready()
         self.placed.setdefault(name, NOWHERE)
         await self._place(name, give_up=True)

@@ -285,24 +285,6 @@ def test_close_leaves_no_thread_and_no_connection(kind, redis_server, redis_url)
     assert not again.is_alive()
 
 
-def test_a_finished_sync_call_leaves_no_layer_for_its_loop(redis_url):
-    # As channels_redis's suite checks for the pub/sub proxy: its per-loop layers are
-    # those of the callers' loops; the bridge's loop keeps its own aside.
-    layer = RedisPubSubChannelLayer(hosts=[redis_url])
-
-    async def roundtrip() -> None:
-        channel = await layer.new_channel()
-        await layer.send(channel, {"type": "x"})
-        assert await layer.receive(channel) == {"type": "x"}
-
-    assert layer._layers == {}
-    async_to_sync(roundtrip)()
-    assert layer._layers == {}
-    assert list(layer._bridge_layers) == [layer._sync.loop]
-    _close(layer)
-    assert layer._bridge_layers == {}
-
-
 def test_exit_leaves_no_thread_behind(kind, redis_url, tmp_path):
     script = textwrap.dedent(
         f"""
