@@ -98,6 +98,9 @@ class RedisChannelLayer(BaseChannelLayer):
         # types-channels declares the uncompiled dict; BaseChannelLayer itself stores this list.
         self.channel_capacity = self.compile_capacities(channel_capacity or {})  # type: ignore[assignment]
         self._capacity_matcher = CapacityMatcher(channel_capacity or {}, capacity)
+        #: The largest buffer a channel may need (_buffer_capacity): demux_batch makes new
+        #: channels' buffers this size, fitted to each channel's own right after.
+        self._largest_buffer = max([capacity, *(channel_capacity or {}).values()])
         self.prefix = prefix
         #: On a Redis Cluster (a ``cluster`` host entry): what follows its redirections.
         self._cluster: ClusterCommands | None = None
@@ -127,7 +130,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._hooked_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         # Local delivery state, shared by whichever loop currently receives: one
         # LocalChannel per channel (channels_redis's name for the dict of its buffers).
-        self.receive_buffer: dict[str, LocalChannel] = LocalChannels(capacity)
+        self.receive_buffer: dict[str, LocalChannel] = LocalChannels(self._buffer_capacity)
         self.receive_count = 0
         self.receive_event_loop: asyncio.AbstractEventLoop | None = None
         self.receive_lock = None  # kept for attribute compatibility; pumps need no lock
@@ -179,6 +182,12 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def get_capacity(self, channel: str) -> int:
         return self._capacity_matcher.get(channel)
+
+    def _buffer_capacity(self, channel: str) -> int:
+        # What Redis holds for the channel may be more than the layer's capacity (a
+        # channel_capacity pattern), and the pump moves it all here: a smaller buffer
+        # would push out messages Redis accepted. Never less than channels_redis's.
+        return max(self.capacity, self._capacity_matcher.get(channel))
 
     def _group_key(self, group: str) -> bytes:
         return f"{self.prefix}:group:{group}".encode("utf8")
@@ -512,7 +521,7 @@ class RedisChannelLayer(BaseChannelLayer):
         # demux_batch puts into existing channels through their put_nowait, and makes a
         # plain ChannelBuffer for a new one (_after_batch wraps it in a LocalChannel).
         buffers: dict[str, Any] = self.receive_buffer
-        touched, malformed, expired = demux_batch(flat, decode, buffers, self.capacity, now - self.expiry)
+        touched, malformed, expired = demux_batch(flat, decode, buffers, self._largest_buffer, now - self.expiry)
         self._after_batch(touched, malformed, expired, now, hand_over=True)
 
     def _deliver_work_batch(self, channel: str, index: int, flat: list) -> None:
@@ -539,7 +548,9 @@ class RedisChannelLayer(BaseChannelLayer):
             local: Any = channels[channel]
             if type(local) is not LocalChannel:
                 # A buffer demux_batch made for a channel nobody received on yet.
-                local = channels[channel] = LocalChannel(channel, self.capacity, local)
+                local = channels[channel] = LocalChannel(channel, self._buffer_capacity(channel), local)
+                if local.capacity != self._largest_buffer:
+                    local.refit()
             local.touched = now
             if local.waiters:
                 # Process channels: a waiting receiver gets its message straight away

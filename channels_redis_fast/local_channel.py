@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from asyncio import QueueEmpty
-from typing import Any
+from typing import Any, Callable
 
 from .speedups import ChannelBuffer
 
@@ -108,6 +108,19 @@ class LocalChannel:
         self.touched = 0.0
         #: The layer's receive route for this name, once a receive() has checked it.
         self.route: Any = None
+
+    def refit(self) -> None:
+        """Rebuild a buffer made for another size at ``capacity``, keeping its messages in
+        order (past ``capacity`` the oldest go, counted as dropped, as a full buffer drops
+        them): a channel_capacity pattern's size differs from the layer's."""
+        buffer = self.buffer
+        if buffer is NO_BUFFER or buffer.maxsize == self.capacity:
+            return
+        fitted = ChannelBuffer(self.capacity)
+        fitted.dropped = buffer.dropped  # stats() sums what buffers dropped
+        while len(buffer):
+            fitted.put_nowait(buffer.get_nowait())
+        self.buffer = fitted
 
     def own_buffer(self) -> ChannelBuffer:
         """The channel's buffer, allocated now if it had none."""
@@ -285,12 +298,13 @@ class LocalChannel:
 
 
 class LocalChannels(dict):
-    """channel name -> LocalChannel, made on first use with the layer's capacity."""
+    """channel name -> LocalChannel, made on first use with the capacity ``capacity_of``
+    gives for its name."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity_of: Callable[[str], int]) -> None:
         super().__init__()
-        self.capacity = capacity
+        self.capacity_of = capacity_of
 
     def __missing__(self, name: str) -> LocalChannel:
-        local = self[name] = LocalChannel(name, self.capacity)
+        local = self[name] = LocalChannel(name, self.capacity_of(name))
         return local

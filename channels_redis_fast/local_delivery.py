@@ -36,7 +36,6 @@ from channels.exceptions import ChannelFull
 
 from .group_plan import GroupPlan, ShardPlan
 from .local_channel import LocalChannel
-from .speedups import ChannelBuffer
 
 __all__ = ["CoreDelivery", "CoreOwner", "Expiry", "plain_copy"]
 
@@ -99,19 +98,11 @@ def _plain(value: Any) -> Any:
 
 
 def make_room(local: LocalChannel, capacity: int) -> None:
-    """Let ``local`` hold ``capacity`` messages without dropping one.
-
-    A channel's buffer is made with the layer's capacity; a ``channel_capacity`` pattern
-    may allow more, which Redis would have held. Only a buffer that is already that full
-    is replaced (its messages kept, in order)."""
-    if capacity <= local.maxsize or local.maxsize <= 0 or len(local) < local.maxsize:
-        return
-    wider = ChannelBuffer(capacity)
-    wider.dropped = local.dropped  # stats() sums what buffers dropped
-    while len(local):
-        wider.put_nowait(local.get_nowait())
-    local.buffer = wider  # LocalChannel.put_nowait reads the slot: no method to rebind
-    local.capacity = capacity
+    """Let ``local`` hold ``capacity`` messages without dropping one (a ``channel_capacity``
+    pattern may allow more than the buffer was made for, which Redis would have held)."""
+    if capacity > local.capacity:
+        local.capacity = capacity
+        local.refit()
 
 
 class Expiry:

@@ -59,3 +59,19 @@ async def test_slow_consumer_loses_no_accepted_message(redis_url):
     for first in range(SENDERS):  # each sender's messages arrive in the order sent
         mine = [i for i in got if i % SENDERS == first]
         assert mine == sorted(mine)
+
+
+async def test_a_channel_capacity_above_the_layers_keeps_every_message_redis_accepted(redis_url):
+    # Redis accepts up to the pattern's capacity for the channel; the receiving process's
+    # buffer for it must hold as many, not the layer's smaller default.
+    options = {"hosts": [redis_url], "capacity": CAPACITY, "channel_capacity": {"big.*": 50}}
+    receiver = RedisChannelLayer(local_delivery=False, **options)
+    sender = RedisChannelLayer(local_delivery=False, **options)
+    channel = await receiver.new_channel("big.")
+    for n in range(40):
+        await sender.send(channel, {"n": n})
+    got = [(await asyncio.wait_for(receiver.receive(channel), 5))["n"] for _ in range(40)]
+    assert got == list(range(40))
+    await receiver.flush()
+    await receiver.close_pools()
+    await sender.close_pools()
