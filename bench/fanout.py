@@ -79,8 +79,10 @@ ROWS = [
     Row("fanout_5000x4", 5000, 4, 200, 0.0, 20),
     Row("fanout_1000x2_gap10", 1000, 2, 200, 0.010, 200),
 ]
-#: group_send latency rows: members (in one other process), calls, gap between calls.
-LATENCY_ROWS = [(100, 300, 0.003), (1000, 200, 0.012), (5000, 100, 0.05)]
+#: group_send latency rows: members (in one other process), calls (one at a time, the next
+#: once every member has received the last), and channels_redis's calls: its receivers take
+#: seconds to hand a message to 5,000 members in one process.
+LATENCY_ROWS = [(100, 300, 100), (1000, 200, 40), (5000, 100, 10)]
 LATENCY = "fanout_group_send"
 ROW_NAMES = [r.name for r in ROWS]
 WORKLOAD_NAMES = [*ROW_NAMES, LATENCY]
@@ -137,7 +139,10 @@ class Tally:
         self.duplicated = 0
         self.strays = 0  # messages that were neither probes nor in range
         self.latencies = array.array("d")
-        self.last = 0.0
+        self.last = 0.0  # the last measured delivery
+        self.active = 0.0  # the last delivery of any kind (a backlog of probes is progress too)
+        self.per_message = [0] * sends  # members that have message n, for lockstep runs
+        self.members = members
         self.probed = bytearray(members)
         self.unprobed = members
         self.complete: asyncio.Event = asyncio.Event()
@@ -154,13 +159,14 @@ async def _receiver(conn: Connection, cfg: dict) -> None:
     for name in names:
         await layer.group_add(GROUP, name)
     tally = Tally(members, sends)
+    lockstep = cfg.get("lockstep", False)
 
     async def consume(index: int, name: str) -> None:
         receive, counts, latencies = layer.receive, tally.counts, tally.latencies
         base = index * sends
         while True:
             message = await receive(name)
-            now = clock()
+            now = tally.active = clock()
             if message.get("type") != FAN:
                 if message.get("type") == PROBE and not tally.probed[index]:
                     tally.probed[index] = 1
@@ -180,6 +186,10 @@ async def _receiver(conn: Connection, cfg: dict) -> None:
                 tally.received += 1
                 if tally.received == tally.expected:
                     tally.complete.set()
+                if lockstep:
+                    tally.per_message[n] += 1
+                    if tally.per_message[n] == tally.members:
+                        conn.send(("got", n))
             latencies.append(now - message["t"])
             tally.last = now
 
@@ -202,7 +212,7 @@ async def _receiver(conn: Connection, cfg: dict) -> None:
                     for task in tasks:
                         if task.done():
                             raise RuntimeError(f"a receiver failed: {task.exception()!r}")
-                    if clock() - max(tally.last, since) > QUIET_S:
+                    if clock() - max(tally.active, since) > QUIET_S:
                         break
                     try:
                         await asyncio.wait_for(tally.complete.wait(), 0.1)
@@ -232,7 +242,15 @@ async def _publisher(conn: Connection, cfg: dict) -> None:
             command = await commands.get()
             if command[0] == "quit":
                 break
-            if command[0] == "probe":
+            if command[0] == "one":
+                t = clock()
+                try:
+                    await group_send(GROUP, {"type": FAN, "n": command[1], "t": t, "text": wl.TEXT})
+                    full = 0
+                except ChannelFull:
+                    full = 1
+                conn.send(("one", (clock() - t, t, full)))
+            elif command[0] == "probe":
                 await group_send(GROUP, {"type": PROBE, "k": command[1]})
                 conn.send(("probed",))
             elif command[0] == "go":
@@ -297,10 +315,11 @@ def percentiles(samples: array.array) -> dict:
     return wl.percentiles(list(samples))
 
 
-def run_row(spec_name: str, members: int, processes: int, sends: int, gap: float, cfg: dict) -> dict:
+def run_row(spec_name: str, members: int, processes: int, sends: int, gap: float, cfg: dict,
+            lockstep: bool = False) -> dict:
     """Start the processes, warm up, measure one row once; a result dict (``error`` on failure)."""
     ctx = multiprocessing.get_context("spawn")
-    base = {**cfg, "layer": spec_name, "sends": sends}
+    base = {**cfg, "layer": spec_name, "sends": sends, "lockstep": lockstep}
     procs, conns = [], []
     pub: Connection | None = None
     started = time.perf_counter()
@@ -319,22 +338,39 @@ def run_row(spec_name: str, members: int, processes: int, sends: int, gap: float
         setup_s = max(_expect(c, "ready", 180) for c in conns)
         _expect(pub, "ready", 60)
 
-        # Warm-up: probes until every member of every process has one.
+        # Warm-up: a probe a second until every member of every process has one (a
+        # subscription may not be in place for the first; a slow layer takes a while to
+        # hand one to every member, and must not be buried under probes meanwhile).
         warm: set[int] = set()
-        deadline, k = clock() + 60, 0
+        deadline, k = clock() + 90, 0
         while len(warm) < len(conns):
             if clock() > deadline:
-                raise ChildFailed(f"only {len(warm)} of {len(conns)} receiving processes got a probe in 60 s")
+                raise ChildFailed(f"only {len(warm)} of {len(conns)} receiving processes got a probe in 90 s")
             pub.send(("probe", k))
             _expect(pub, "probed", 30)
             k += 1
-            for conn in wait([c for i, c in enumerate(conns) if i not in warm], 0.05):
-                _expect(conn, "warm", 1)
-                warm.add(conns.index(conn))
+            until = clock() + 1.0
+            while len(warm) < len(conns) and clock() < until:
+                for conn in wait([c for i, c in enumerate(conns) if i not in warm], max(0.0, until - clock())):
+                    _expect(conn, "warm", 1)
+                    warm.add(conns.index(conn))
         time.sleep(0.3)  # the last probes' deliveries settle before the clock starts
 
-        pub.send(("go", sends, gap))
-        sent = _expect(pub, "sent", 600)
+        if lockstep:
+            # One call at a time, the next once every member has the last: the time of one
+            # group_send with the receivers waiting, not racing a backlog.
+            durations, first, full = array.array("d"), 0.0, 0
+            for n in range(sends):
+                pub.send(("one", n))
+                took, t, lost_call = _expect(pub, "one", 60)
+                durations.append(took)
+                first, full = first or t, full + lost_call
+                for conn in conns:
+                    _expect(conn, "got", 120)
+            sent = {"first": first, "done": clock(), "channel_full": full, "durations": durations.tobytes()}
+        else:
+            pub.send(("go", sends, gap))
+            sent = _expect(pub, "sent", 600)
         for conn in conns:
             conn.send(("drain",))
         results = [_expect(c, "result", 600) for c in conns]
@@ -438,13 +474,14 @@ def measure(specs: list[wl.LayerSpec], redis: Any, nats_url: str, nats_version: 
                 log(progress_line(row.name, name, result, run, runs))
         if not latency_wanted:
             continue
-        for members, count, gap in LATENCY_ROWS:
+        for members, count, anchor_count in LATENCY_ROWS:
             for name in names:
                 done = calls[members][name]
                 if done and done[0].get("error"):
                     continue
                 redis.flushall()
-                result = run_row(name, members, 1, count, gap, cfg)
+                calls_made = anchor_count if name == wl.ANCHOR else count
+                result = run_row(name, members, 1, calls_made, 0.0, cfg, lockstep=True)
                 done.append(result)
                 log(progress_line(f"group_send {members:,}", name, result, run, runs))
     out: dict[str, dict[str, dict]] = {row: {n: median_of(rs) for n, rs in by.items() if rs}
