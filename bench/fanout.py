@@ -99,6 +99,15 @@ def layer_spec(name: str, nats_url: str, nats_version: str) -> wl.LayerSpec:
     return next(s for s in wl.ALL_LAYERS if s.name == name)
 
 
+def make_layer(cfg: dict) -> Any:
+    spec = layer_spec(cfg["layer"], cfg["nats_url"], cfg["nats_version"])
+    if spec.kind == "pubsub" and not spec.anchor:
+        # LayerSpec.make leaves a pub/sub layer its default local buffer (channels_redis's
+        # has none to set); ours gets the same capacity as every other layer here.
+        return spec.load()(hosts=[cfg["redis_url"]], capacity=CAPACITY)
+    return spec.make([cfg["redis_url"]], capacity=CAPACITY)
+
+
 async def close_layer(layer: Any) -> None:
     for method in ("close_pools", "close"):
         closer = getattr(layer, method, None)
@@ -150,8 +159,7 @@ class Tally:
 
 
 async def _receiver(conn: Connection, cfg: dict) -> None:
-    spec = layer_spec(cfg["layer"], cfg["nats_url"], cfg["nats_version"])
-    layer = spec.make([cfg["redis_url"]], capacity=CAPACITY)
+    layer = make_layer(cfg)
     members, sends = cfg["members"], cfg["sends"]
     commands = _commands(conn, asyncio.get_running_loop())
     started = clock()
@@ -232,8 +240,7 @@ async def _receiver(conn: Connection, cfg: dict) -> None:
 
 
 async def _publisher(conn: Connection, cfg: dict) -> None:
-    spec = layer_spec(cfg["layer"], cfg["nats_url"], cfg["nats_version"])
-    layer = spec.make([cfg["redis_url"]], capacity=CAPACITY)
+    layer = make_layer(cfg)
     group_send = layer.group_send
     commands = _commands(conn, asyncio.get_running_loop())
     conn.send(("ready", 0.0))

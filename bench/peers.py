@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from typing import Any
 
 from channels_redis_fast.testing import LOOPBACK, free_port, port_is_open
@@ -41,16 +43,19 @@ def server_version(binary: str) -> str:
 class NatsServer:
     """A private nats-server on a free loopback port, with no disk state; stopped at exit."""
 
-    def __init__(self, binary: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, binary: str | None = None, timeout: float = 10.0, monitor: bool = False) -> None:
         binary = binary or nats_binary()
         if binary is None:
             raise FileNotFoundError("nats-server not on PATH (Debian: apt-get install nats-server)")
         self.version = server_version(binary)
         self.port = free_port()
         self.url = f"nats://{LOOPBACK}:{self.port}"
+        # The HTTP monitoring port, for total_connections(); off unless asked for.
+        self.monitor_port = free_port() if monitor else None
         self._log = tempfile.NamedTemporaryFile("w+", prefix="nats-server-", suffix=".log")
         self._proc: subprocess.Popen | None = subprocess.Popen(
-            [binary, "-a", LOOPBACK, "-p", str(self.port)],
+            [binary, "-a", LOOPBACK, "-p", str(self.port),
+             *(["-m", str(self.monitor_port)] if self.monitor_port else [])],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         atexit.register(self.close)
@@ -62,6 +67,14 @@ class NatsServer:
                 self.close()
                 raise RuntimeError(f"nats-server did not start on port {self.port}: {tail}")
             time.sleep(0.05)
+
+    def total_connections(self) -> int:
+        """Client connections the server has accepted since it started (``/varz``)."""
+        if self.monitor_port is None:
+            raise RuntimeError("started without monitor=True")
+        url = f"http://{LOOPBACK}:{self.monitor_port}/varz"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(json.load(response)["total_connections"])
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
