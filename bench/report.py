@@ -293,7 +293,7 @@ def rst_table(results: dict, order: Iterable[str] = ()) -> str:
 def settings_text(settings: dict) -> str:
     repeat, duration = settings.get("repeat"), settings.get("duration_s")
     runs = "run" if repeat == 1 else "runs"
-    return f"{repeat} {runs} of {duration} s"
+    return f"{repeat} {runs} of {duration}" + ("" if isinstance(duration, str) else " s")
 
 
 def caption(data: dict, order: Iterable[str] = ()) -> str:

@@ -451,7 +451,7 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args,
             rows = fanout.measure(layers, servers[0], nats.url if nats else "", nats.version if nats else "?",
                                   args.loop, args.fanout_runs, log=log)
             at = rp.now()
-            fan_settings = {**settings, "repeat": args.fanout_runs, "duration_s": "M sends",
+            fan_settings = {**settings, "repeat": args.fanout_runs, "duration_s": "each row's sends",
                             "capacity": fanout.CAPACITY, "loop": args.loop}
             for name, by_layer in rows.items():
                 new["results"][name] = {layer: {**r, "measured_at": at} for layer, r in by_layer.items()}
