@@ -113,3 +113,40 @@ def test_group_send_latency(benchmark, servers, members, calls, anchor_calls, la
     benchmark.group = fanout.LATENCY
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     _record(benchmark, fanout.LATENCY, layer, results, members=members, calls=count)
+
+
+def _result(rate: float, p99: float, lost: int = 0) -> dict:
+    return {"rate": rate, "latency": {"p50_ms": p99 / 2, "p99_ms": p99}, "lost": lost, "duplicated": 0,
+            "lost_all_runs": lost, "duplicated_all_runs": 0, "sends": 10}
+
+
+def _verdicts(results: dict, workload: str) -> dict[str, bool]:
+    return {c["short"]: c["met"] for c in fanout.checks(results, workload)}
+
+
+def test_gap0_targets_are_ratios_to_channels_nats():
+    results = {"fanout_1000x2": {"ours-core": _result(210, 5), "ours-pubsub": _result(290, 5),
+                                 "nats": _result(100, 6), "cr-core": _result(10, 50)}}
+
+    assert _verdicts(results, "fanout_1000x2") == {"core vs nats": True, "core p99": True,
+                                                   "pubsub vs nats": False, "pubsub p99": True}
+
+
+def test_paced_row_wants_at_least_the_peers_rate_and_p99_and_nothing_lost():
+    results = {"fanout_1000x2_gap10": {"ours-core": _result(99, 5), "ours-pubsub": _result(100, 7, lost=1),
+                                       "nats": _result(100, 6)}}
+
+    assert _verdicts(results, "fanout_1000x2_gap10") == {"core vs nats": False, "core p99": True,
+                                                         "ours-pubsub lost": False, "pubsub vs nats": True,
+                                                         "pubsub p99": False}
+
+
+def test_group_send_time_is_judged_against_a_third_of_channels_redis():
+    def sizes(*p50s):
+        return {"rate": None, "by_members": {str(m): {"p50_ms": p, "p99_ms": p * 2, "lost": 0, "duplicated": 0}
+                                             for m, p in zip((100, 1000, 5000), p50s)}}
+
+    results = {fanout.LATENCY: {"cr-core": sizes(1.0, 3.0, 6.0), "ours-core": sizes(0.5, 0.9, 2.5)}}
+
+    assert _verdicts(results, fanout.LATENCY) == {"group_send 1000": True, "group_send 5000": False}
+    assert fanout.checks({}, "unrelated") == []
