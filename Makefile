@@ -15,12 +15,12 @@ help:
 test:
 	VENV="$(abspath $(VENV))" bash .ci/test.sh
 
-# Side-by-side comparison with channels_redis (bench/run.py) on private Redis servers, with the
-# compiled extension required.  `make bench BENCH_ARGS="--quick --workloads stream,memory"`.
+# Side-by-side comparison with channels_redis and channels-nats (bench/run.py) on private Redis
+# and nats-server processes, with the compiled extension required.  `make bench BENCH_ARGS="--quick --workloads stream,memory"`.
 # Then the sync callers' rows (bench/sync_callers.py), unless only some workloads were asked for.
 bench:
 	VENV="$(abspath $(VENV))" bash -c 'set -euo pipefail; source .ci/common.sh; cd "$$ROOT"; \
-		ensure_redis; ensure_venv; install_package "tests,bench"; \
+		ensure_redis; ensure_nats; ensure_venv; install_package "tests,bench"; \
 		section "python bench/run.py $(BENCH_ARGS)"; status=0; \
 		CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS=1 "$$VENV/bin/python" bench/run.py $(BENCH_ARGS) || status=$$?; \
 		case " $(BENCH_ARGS) " in *" --workloads"*|*" --render-only"*) exit $$status;; esac; \

@@ -12,7 +12,7 @@ import datetime
 import json
 import os
 import textwrap
-from typing import Iterable
+from typing import Callable, Iterable
 
 #: Layer keys (as in ``workloads.LayerSpec.name``) in table order, with their column labels.
 COLUMNS = {
@@ -20,8 +20,11 @@ COLUMNS = {
     "ours-pubsub": "this pubsub",
     "cr-pubsub": "channels_redis pubsub",
     "cr-core": "channels_redis core",
+    "nats": "channels-nats",
 }
-OURS_CORE, OURS_PUBSUB, CR_PUBSUB, CR_CORE = COLUMNS
+OURS_CORE, OURS_PUBSUB, CR_PUBSUB, CR_CORE = list(COLUMNS)[:4]
+#: Peers whose chart legend shows their label from results.json (package and server versions).
+VERSIONED = ("nats",)
 
 # Ratio of our core layer to channels_redis core that each workload should reach.
 TARGETS = {
@@ -36,7 +39,10 @@ TARGETS = {
 PUBSUB_TARGETS = {"roundtrip": 2, "stream": 2, "many_consumers": 2, "group_fanout": 2}
 
 #: Workloads reported beside the rate table rather than in it.
-SIDE_WORKLOADS = ("latency",)
+SIDE_WORKLOADS = ("latency", "fanout_group_send")
+#: Checks beyond the ratio targets, by workload (bench/fanout.py registers its rows' here):
+#: each a function of (results, workload) returning check dicts as ``checks`` makes them.
+EXTRA_CHECKS: dict[str, Callable[[dict, str], list[dict]]] = {}
 
 #: Why a known layer delivers nothing on a workload (a footnote under the table).
 ZERO_NOTES = {
@@ -176,11 +182,14 @@ def checks(results: dict, workload: str) -> list[dict]:
         wanted = PUBSUB_TARGETS.get(workload, 1)
         found.append({"name": f"this pubsub >= {wanted}x channels_redis pubsub", "short": "pubsub",
                       "wanted": wanted, "got": pubsub, "met": pubsub >= wanted})
+    extra = EXTRA_CHECKS.get(workload)
+    if extra is not None:
+        found += extra(results, workload)
     return found
 
 
 def verdicts(results: dict) -> dict[str, list[dict]]:
-    return {w: checks(results, w) for w in results if w not in SIDE_WORKLOADS}
+    return {w: checks(results, w) for w in results if w not in SIDE_WORKLOADS or w in EXTRA_CHECKS}
 
 
 def missed(results: dict, workloads: Iterable[str]) -> list[str]:
@@ -222,6 +231,7 @@ HEADER = [
     ("this pubsub",),
     ("channels_redis", "pubsub"),
     ("channels_redis", "core"),
+    ("channels-nats",),
     ("core ratio", "(target)"),
     ("pubsub ratio", "(target)"),
     ("verdict",),
@@ -285,7 +295,7 @@ def rst_table(results: dict, order: Iterable[str] = ()) -> str:
 def settings_text(settings: dict) -> str:
     repeat, duration = settings.get("repeat"), settings.get("duration_s")
     runs = "run" if repeat == 1 else "runs"
-    return f"{repeat} {runs} of {duration} s"
+    return f"{repeat} {runs} of {duration}" + ("" if isinstance(duration, str) else " s")
 
 
 def caption(data: dict, order: Iterable[str] = ()) -> str:
@@ -304,8 +314,12 @@ def caption(data: dict, order: Iterable[str] = ()) -> str:
         f"Measured with ``make bench`` (``bench/run.py``) on {when}: {machine.get('cpu', '?')}, "
         f"{machine.get('cores', '?')} cores shared by Redis and the client, {machine.get('python', '?')}, "
         f"Redis {machine.get('redis_server', '?')}, redis-py {machine.get('redis_py', '?')}, "
-        f"{machine.get('implementation', '?')} extension. All layers run in one process on private "
-        f"Redis servers, each workload {usual} round the layers"
+        f"{machine.get('implementation', '?')} extension"
+        + (f", {machine['loop']} event loop" if machine.get("loop") not in (None, "asyncio") else "")
+        + (f"; channels-nats {machine['channels_nats']} on a private nats-server {machine['nats_server']}"
+           if machine.get("nats_server") else "")
+        + ". All layers run in one process on private "
+        f"servers, each workload {usual} round the layers"
         + (f" ({others})" if others else "")
         + "; the table shows each layer's median run in deliveries per second, and a ratio's "
         "target in brackets:",
@@ -369,9 +383,10 @@ def chart(data: dict, path: str, order: Iterable[str] = ()) -> bool:
     fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 5.5),
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     colours = dict(zip(COLUMNS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    labels = {**COLUMNS, **{k: v for k, v in (data.get("layers") or {}).items() if k in VERSIONED}}
     for ax, panel in zip(axes[0], panels):
         if panel == "rates":
-            _rates(ax, results, workloads, colours)
+            _rates(ax, results, workloads, colours, labels)
         else:
             _memory(ax, memory, colours)
     machine = data.get("machine") or {}
@@ -384,7 +399,8 @@ def chart(data: dict, path: str, order: Iterable[str] = ()) -> bool:
     return True
 
 
-def _rates(ax, results: dict, workloads: list[str], colours: dict) -> None:
+def _rates(ax, results: dict, workloads: list[str], colours: dict, labels: dict | None = None) -> None:
+    labels = labels or COLUMNS
     layers = [layer for layer in COLUMNS if any(layer in results[w] for w in workloads)]
     width = 0.8 / max(1, len(layers))
     most_runs = 1
@@ -405,7 +421,7 @@ def _rates(ax, results: dict, workloads: list[str], colours: dict) -> None:
             ys.append(r["rate"])
             low.append(below)
             high.append(above)
-        ax.bar(xs, ys, width, label=COLUMNS[layer], color=colours[layer],
+        ax.bar(xs, ys, width, label=labels.get(layer, COLUMNS[layer]), color=colours[layer],
                yerr=[low, high], capsize=2, error_kw={"elinewidth": 1, "ecolor": "black"})
     ax.set_yscale("log")
     ax.set_xticks(range(len(workloads)))

@@ -35,8 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
 import cluster as cl
+import fanout
+import loops
+import peers
 import report as rp
 import workloads as wl
+
+for _name in fanout.WORKLOAD_NAMES:
+    rp.EXTRA_CHECKS[_name] = fanout.checks
 
 def log(text: str = "") -> None:
     print(text, flush=True)
@@ -93,13 +99,14 @@ def run_one(name: str, spec: wl.LayerSpec, servers: list, args) -> dict:
     for server in servers:
         server.flushall()
     workload = cls(spec, [s.url for s in servers])
-    probe = wl.CommandStats([s.client() for s in servers[: cls.shards]])
+    probe = (wl.NullProbe() if spec.kind == "nats"
+             else wl.CommandStats([s.client() for s in servers[: cls.shards]]))
     # The slow anchor gets the same time; it simply delivers fewer messages.
     limit = args.warmup + args.duration + 60
     coro = wl.run_timed(workload, duration=args.duration, warmup=args.warmup, probe=probe)
     started = time.perf_counter()
     try:
-        result = asyncio.run(asyncio.wait_for(coro, limit))
+        result = loops.run(asyncio.wait_for(coro, limit), args.loop)
     except Exception as exc:  # noqa: BLE001 - report and go on with the next run
         result = {"error": f"{type(exc).__name__}: {exc}", "rate": None}
     result["wall_s"] = time.perf_counter() - started
@@ -250,7 +257,7 @@ def measured_lines(data: dict) -> list[str]:
 
 def report(data: dict, out: str, measured_now: list[str], args) -> int:
     """Print the table and verdicts, write table.rst, results.png (and README); the exit status."""
-    order = [*wl.WORKLOADS, "memory"]
+    order = [*wl.WORKLOADS, *fanout.WORKLOAD_NAMES, "memory"]
     results = data.get("results") or {}
     machine = data.get("machine") or {}
     block = rp.rst(data, order)
@@ -274,6 +281,9 @@ def report(data: dict, out: str, measured_now: list[str], args) -> int:
         log("\n" + cluster_table)
         with open(os.path.join(out, "cluster.rst"), "w") as fh:
             fh.write(cluster_table)
+    side = fanout.side_text(results, rp.COLUMNS)
+    if side:
+        log(side)
     for layer, m in (data.get("memory") or {}).items():
         log(memory_line(layer, m))
 
@@ -301,6 +311,7 @@ def report(data: dict, out: str, measured_now: list[str], args) -> int:
             fh.write(readme)
         log(f"copied the table into {args.readme}")
 
+    measured_now = [n for w in measured_now for n in (fanout.WORKLOAD_NAMES if w == "fanout" else [w])]
     failures = rp.missed(results, [w for w in measured_now if w in results])
     failures += [f"memory: {layer} failed: {m['error']}" for layer, m in (data.get("memory") or {}).items()
                  if "memory" in measured_now and m.get("error")]
@@ -334,7 +345,9 @@ def parse_args(argv=None):
                                      + f"\n  {cl.NAME:<17} {cl.DESCRIPTION}"
                                      + "\n  memory            RSS while channels are created, used once and "
                                        "abandoned (core layers)"
-                                     + "\n  dense             many idle consumers in one process (bench/dense.py)")
+                                     + "\n  dense             many idle consumers in one process (bench/dense.py)"
+                                     + "\n  fanout            " + fanout.ROWS[0].describe() + "; the other fan-out "
+                                       "rows and group_send latency (bench/fanout.py)")
     parser.add_argument("--quick", action="store_true", help="short runs (1 s) and a 20k-channel churn")
     parser.add_argument("--workloads", default="", help="comma list (default all, listed below); the results "
                         "of the others stay in results.json")
@@ -346,6 +359,10 @@ def parse_args(argv=None):
                         help="runs per layer and workload, the median reported (default 5; --quick 1)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per run (default 0.5)")
     parser.add_argument("--memory-channels", type=int, default=None, help="channels in the churn (default 100000)")
+    parser.add_argument("--loop", choices=loops.CHOICES, default="asyncio",
+                        help="event loop for every layer (uvloop: as uvicorn runs it by default)")
+    parser.add_argument("--fanout-runs", type=int, default=None,
+                        help="runs of each fan-out row per layer, interleaved (default 3; --quick 1)")
     parser.add_argument("--report-only", action="store_true",
                         help="exit 0 even when a target is missed (by default a miss exits 1)")
     parser.add_argument("--render-only", action="store_true",
@@ -366,10 +383,13 @@ def parse_args(argv=None):
         args.warmup = 0.3 if args.quick else 0.5
     if args.memory_channels is None:
         args.memory_channels = 20_000 if args.quick else 100_000
+    if args.fanout_runs is None:
+        args.fanout_runs = 1 if args.quick else 3
     return args
 
 
-def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) -> dict:
+def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args,
+            nats: peers.NatsServer | None = None) -> dict:
     """Run the wanted workloads on private Redis servers; results in the shape of rp.empty()."""
     from channels_redis_fast.testing import RedisServer
 
@@ -378,6 +398,9 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) 
     new = rp.empty()
     try:
         machine = machine_info(servers[0].client().info("server")["redis_version"])
+        machine["loop"] = loops.version(args.loop)
+        if nats is not None:
+            machine.update(nats_server=nats.version, channels_nats=version_of("channels-nats"))
         settings = {"duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
                     "reported": "the run with the median rate; 'rates' lists every run's",
                     "capacity": wl.BENCH_CAPACITY,
@@ -389,6 +412,9 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) 
             f"redis-server {machine['redis_server']}, implementation: {machine['implementation']}")
         log(f"packages: channels_redis_fast {machine['channels_redis_fast']}; channels_redis "
             f"{machine['channels_redis']}; redis-py {machine['redis_py']}; hiredis {machine['hiredis']}")
+        log(f"event loop: {machine['loop']}"
+            + (f"; channels-nats {machine['channels_nats']} on nats-server {machine['nats_server']} "
+               f"at {nats.url}" if nats is not None else ""))
         log(f"layers: {', '.join(s.name for s in layers)}"
             + "".join(f"; skipped {n} ({why})" for n, why in skipped.items()))
         log(f"runs: {args.warmup} s warm-up + {args.duration} s measured, {args.repeat}x per layer per "
@@ -398,7 +424,7 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) 
         timed = [w for w in wanted if w in wl.WORKLOADS]
         for index, name in enumerate(timed, 1):
             cls = wl.WORKLOADS[name]
-            specs = [s for s in layers if s.kind != "pubsub" or cls.pubsub_ok]
+            specs = [s for s in layers if (s.kind != "pubsub" or cls.pubsub_ok) and peers.runs(s, cls)]
             log(f"[{index}/{len(timed)}] {name}: {cls.description}")
             runs: dict[str, list[dict]] = {s.name: [] for s in specs}
             # Repetitions go round the layers, so a slow spell of this shared machine
@@ -432,6 +458,21 @@ def measure(wanted: list[str], layers: list[wl.LayerSpec], skipped: dict, args) 
             new["memory"] = {layer: {**m, "measured_at": at} for layer, m in memory.items()}
             new["measured"]["memory"] = {"at": at, "settings": settings, "machine": machine,
                                          "layers": list(memory)}
+
+        if "fanout" in wanted:
+            log(f"\nfanout: {len(fanout.ROWS)} fan-out rows and group_send latency, "
+                f"{args.fanout_runs} run(s) round the layers (one publishing process, receivers in others)")
+            rows = fanout.measure(layers, servers[0], nats.url if nats else "", nats.version if nats else "?",
+                                  args.loop, args.fanout_runs, log=log)
+            at = rp.now()
+            fan_settings = {**settings, "repeat": args.fanout_runs, "duration_s": "each row's sends",
+                            "capacity": fanout.CAPACITY, "loop": args.loop}
+            for name, by_layer in rows.items():
+                new["results"][name] = {layer: {**r, "measured_at": at} for layer, r in by_layer.items()}
+                new["measured"][name] = {"at": at, "settings": fan_settings, "machine": machine,
+                                         "layers": list(by_layer)}
+                new["workloads"][name] = next((r.describe() for r in fanout.ROWS if r.name == name),
+                                              "time of one group_send to 100, 1,000, 5,000 members")
     finally:
         for server in servers:
             server.close()
@@ -455,21 +496,25 @@ def main(argv=None) -> int:
                   *([cl.NAME] if stored.get("cluster") else [])]
         return report(stored, args.out, judged, args)
 
-    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, cl.NAME, "memory", "dense"]
+    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()] or [*wl.WORKLOADS, cl.NAME, "memory", "fanout", "dense"]
     dense_status = run_dense(args) if "dense" in wanted else 0  # bench/dense.py: its own table
     wanted = [w for w in wanted if w != "dense"]
     if not wanted:
         return dense_status
-    unknown = [w for w in wanted if w not in wl.WORKLOADS and w not in ("memory", cl.NAME)]
+    unknown = [w for w in wanted if w not in wl.WORKLOADS and w not in ("memory", "fanout", cl.NAME)]
     if unknown:
-        log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)}, {cl.NAME} and memory")
+        log(f"unknown workloads: {unknown}; choose from {list(wl.WORKLOADS)}, {cl.NAME}, memory, fanout and dense")
         return 2
     layers, skipped = wl.available_layers()
     if args.layers:
         keep = {n.strip() for n in args.layers.split(",")}
         layers = [s for s in layers if s.name in keep]
-
-    data = rp.merge(stored, measure(wanted, layers, skipped, args))
+    nats = peers.start(layers, skipped, wanted=not args.layers or peers.NAME in keep)
+    try:
+        data = rp.merge(stored, measure(wanted, layers, skipped, args, nats))
+    finally:
+        if nats is not None:
+            nats.close()
     data.update(targets=rp.TARGETS, pubsub_targets=rp.PUBSUB_TARGETS, verdicts=rp.verdicts(data["results"]))
     with open(json_path, "w") as fh:
         json.dump(data, fh, indent=2)

@@ -10,7 +10,9 @@ every call opens its own connection as the layers did before the bridge. Beside 
 ``async_to_sync`` of a coroutine that does nothing (the floor), measured between the runs.
 Medians of ``--runs``. Then the verdicts against issue 22's targets; a missed one exits with
 status 1 unless ``--report-only``. Private Redis servers start on free loopback ports.
-channels-nats is not compared here: it needs a NATS server this machine does not have.
+channels-nats (the sync target's peer: at least 2x its calls per second) runs over plain TCP
+on a private nats-server (bench/peers.py), its connections counted by the server's ``/varz``;
+where channels-nats or nats-server is missing its rows are skipped with the reason printed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 import channels_redis_fast.core
 import channels_redis_fast.pubsub
+import peers
 from channels_redis_fast.testing import RedisServer
 
 
@@ -95,32 +98,40 @@ def _close(layer: Any) -> None:
     async_to_sync(closer)()
 
 
-def _once(server: RedisServer, layer: Any, op: str, calls: int) -> tuple[float, int]:
+def _connections(server: Any) -> int:
+    if isinstance(server, peers.NatsServer):
+        return server.total_connections()
+    return int(server.client().info("stats")["total_connections_received"])
+
+
+def _once(server: Any, layer: Any, op: str, calls: int) -> tuple[float, int]:
     if op == "send":
         call = async_to_sync(layer.send)
         target = "bench.sync"
     else:
         call = async_to_sync(layer.group_send)
         target = "benchroom"
-        if "pubsub" not in type(layer).__module__:
-            # Pub/sub adds only channels of its own process; a PUBLISH costs the same
-            # whether anyone listens.
+        if "pubsub" not in type(layer).__module__ and "nats" not in type(layer).__module__:
+            # Pub/sub adds only channels of its own process (channels-nats too); a PUBLISH
+            # costs the same whether anyone listens.
             async_to_sync(layer.group_add)(target, "bench.member")
-    before = server.client().info("stats")["total_connections_received"]
+    before = _connections(server)
     started = time.perf_counter()
     for n in range(calls):
         call(target, {"type": "bench", "n": n})
     elapsed = time.perf_counter() - started
-    opened = server.client().info("stats")["total_connections_received"] - before
+    opened = _connections(server) - before
     return calls / elapsed, opened
 
 
+NATS = "channels-nats"
 LAYERS = {
     "channels_redis core": ("channels_redis.core", "RedisChannelLayer", None),
     "this core, before": ("channels_redis_fast.core", "RedisChannelLayer", False),
     "this core": ("channels_redis_fast.core", "RedisChannelLayer", True),
     "this pubsub, before": ("channels_redis_fast.pubsub", "RedisPubSubChannelLayer", False),
     "this pubsub": ("channels_redis_fast.pubsub", "RedisPubSubChannelLayer", True),
+    NATS: ("channels_nats", "NatsChannelLayer", None),
 }
 
 
@@ -131,7 +142,9 @@ def _measure(label: str, server: RedisServer, host: Any, op: str, calls: int, ru
         cls = getattr(importlib.import_module(module), name)
     except ImportError:
         return None
-    if bridge is None:
+    if label == NATS:
+        pass  # a nats:// URL as it is
+    elif bridge is None:
         # channels_redis 4.3 with redis-py 8 needs socket_timeout None (its issue 422).
         host = {**host, "socket_timeout": None} if isinstance(host, dict) else {"address": host, "socket_timeout": None}
     else:
@@ -139,12 +152,13 @@ def _measure(label: str, server: RedisServer, host: Any, op: str, calls: int, ru
     rates, opened = [], 0
     for _ in range(runs):
         floors.append(_floor(calls))
-        layer = cls(hosts=[host], capacity=calls * 2)
+        layer = cls(servers=[host], capacity=calls * 2) if label == NATS else cls(hosts=[host], capacity=calls * 2)
         try:
             rate, opened = _once(server, layer, op, calls)
         finally:
             _close(layer)
-            server.flushall()
+            if label != NATS:
+                server.flushall()
         rates.append(rate)
     _bridge(True)
     return statistics.median(rates), opened
@@ -156,6 +170,10 @@ def _verdicts(rows: dict, floor: float, calls: int) -> list[tuple[str, bool]]:
         for label in ("this core", "this pubsub"):
             rate = rows[(label, op, "tcp")][0]
             out.append((f"{label} {op} tcp: {rate / floor:.2f}x the floor (target 0.7x)", rate >= 0.7 * floor))
+            nats = rows.get((NATS, op, "tcp"))
+            if nats:
+                ratio = rate / nats[0]
+                out.append((f"{label} {op} tcp: {ratio:.2f}x channels-nats (target 2x)", ratio >= 2))
             anchor = rows.get(("channels_redis core", op, "tls"))
             if anchor:
                 ratio = rows[(label, op, "tls")][0] / anchor[0]
@@ -177,17 +195,30 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         plain = RedisServer()
         tls = RedisServer(tls=_self_signed(directory))
+        nats_missing = peers.unavailable()
+        nats = None if nats_missing else peers.NatsServer(monitor=True)
+        if nats_missing:
+            print(f"skipped {NATS}: {nats_missing}")
+        else:
+            print(f"{NATS}: {peers.label(nats.version)}, on a private server at {nats.url}")
         try:
             transports = (("tcp", plain, plain.url), ("tls", tls, {"address": tls.url, "ssl_cert_reqs": "none"}))
             for op in ("send", "group_send"):
                 for transport, server, host in transports:
                     for label in LAYERS:
-                        result = _measure(label, server, host, op, args.calls, args.runs, floors)
+                        where, target = server, host
+                        if label == NATS:
+                            if nats is None or transport != "tcp":
+                                continue  # TLS is a Redis row: channels-nats is compared over plain TCP
+                            where, target = nats, nats.url
+                        result = _measure(label, where, target, op, args.calls, args.runs, floors)
                         if result is not None:
                             rows[(label, op, transport)] = result
         finally:
             plain.close()
             tls.close()
+            if nats is not None:
+                nats.close()
     # Medians: other work on a shared machine moves single runs by 2x and more.
     floor = statistics.median(floors)
     print(f"{args.calls} x async_to_sync(...) per row, median of {args.runs}; "

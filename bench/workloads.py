@@ -383,6 +383,9 @@ class Workload:
                 await asyncio.wait_for(layer.flush(), 15)
             except Exception:  # noqa: BLE001 - best effort; the Redis is flushed anyway
                 pass
+            if self.spec.kind == "nats":
+                # channels-nats holds a connection per event loop until closed.
+                await asyncio.wait_for(layer.close(), 15)
 
 
 class Roundtrip(Workload):
