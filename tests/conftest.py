@@ -50,6 +50,7 @@ from channels_redis_fast.testing import (
     RedisServer,
     SentinelServer,
     find_executable,
+    server_version,
     stop_all,
 )
 
@@ -119,6 +120,19 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session, exitstatus):
     stop_all()
+
+
+def skip_before_redis(version: tuple[int, ...], feature: str) -> None:
+    """Skip, saying why, when the server this run uses is older than ``version``."""
+    try:
+        have = server_version()
+    except RedisNotInstalled as exc:
+        pytest.fail(f"Cannot run the Redis tests: {exc}", pytrace=False)
+    if have < version:
+        pytest.skip(
+            f"{feature} needs Redis {'.'.join(map(str, version))} or newer; "
+            f"this run's {find_executable('redis-server')} is {'.'.join(map(str, have))}"
+        )
 
 
 def _start(factory, *args, **kwargs):
@@ -194,6 +208,7 @@ def redis_cluster():
     Tests that fail nodes over, kill them or move slots take ``cluster`` instead, which
     hands it back settled and empty.
     """
+    skip_before_redis((7, 0), "Redis Cluster support (CLUSTER SHARDS)")
     cluster = _start(RedisCluster)
     yield cluster
     cluster.close()

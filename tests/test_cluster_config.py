@@ -16,6 +16,7 @@ from channels_redis_fast.cluster_config import (
 )
 from channels_redis_fast.cluster_slots import ClusterUnreachableError, NotAClusterError, key_slot
 from channels_redis_fast.testing import RedisCluster, free_port
+from conftest import skip_before_redis
 
 PASSWORD = "crf-cluster-pw"
 
@@ -24,6 +25,7 @@ PASSWORD = "crf-cluster-pw"
 def password_cluster(certs):
     """This module's cluster, set up as managed services run theirs: TLS only (client,
     replication and bus links) and a password, so options must reach every node."""
+    skip_before_redis((7, 0), "Redis Cluster support (CLUSTER SHARDS)")
     cluster = RedisCluster(password=PASSWORD, tls={**certs, "auth_clients": "no"})
     yield cluster
     cluster.close()

@@ -78,6 +78,15 @@ def find_executable(name: str = "redis-server") -> str:
     return path
 
 
+def server_version(name: str = "redis-server") -> tuple[int, ...]:
+    """The version that ``find_executable(name) --version`` reports (Valkey's own for Valkey)."""
+    out = subprocess.run([find_executable(name), "--version"], capture_output=True, text=True).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return tuple(int(part) for part in word[2:].split(".") if part.isdigit())
+    raise ServerError(f"cannot read a version from {name} --version: {out!r}")
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A port nobody listens on right now (the kernel's pick, never 6379/26379)."""
     while True:
