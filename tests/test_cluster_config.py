@@ -147,7 +147,8 @@ async def test_a_moved_reply_to_a_plain_host_names_the_cluster_option(password_c
     key = next(f"asgi:{i}" for i in range(1000) if password_cluster.node_for_key(f"asgi:{i}").port != node.port)
     client = redis.asyncio.Redis(host=node.host, port=node.port, password=PASSWORD, **password_cluster.ssl_kwargs)
     try:
-        with pytest.raises(redis.exceptions.MovedError) as info:
+        # MovedError, or in redis-py 5.0 (no MOVED in its reply table) a plain ResponseError.
+        with pytest.raises(redis.exceptions.ResponseError) as info:
             await client.zadd(key, {b"message": 1})
     finally:
         await client.aclose()
