@@ -3,11 +3,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 FILES ?=
 
-.PHONY: test bench conformance wheels clean help
+.PHONY: test bench matrix conformance wheels clean help
 
 help:
 	@echo "make test         install Redis if missing, build + install into $(VENV), run the suite (compiled, then pure), check the pure wheel"
 	@echo "make bench        benchmarks on a private Redis; exits 1 on a missed target (BENCH_ARGS=\"--quick --workloads stream,memory --report-only\")"
+	@echo "make matrix       the suite in a fresh venv per combination (oldest/middle/newest deps, uvloop, Redis 6.2, Valkey 9.1; MATRIX=\"oldest uvloop\")"
 	@echo "make conformance  channels_redis 4.3.0's own test suite against this package (FILES=\"test_core.py ...\", CONFORMANCE_TARGET=channels_redis)"
 	@echo "make wheels       sdist, platform wheel built from it (auditwheel-repaired) and pure wheel, each installed and tested (WHEEL_TESTS=all|none|\"-k ...\")"
 	@echo "make clean        remove build artefacts (keeps $(VENV))"
@@ -28,6 +29,10 @@ bench:
 		section "python bench/sync_callers.py $$sync_args"; \
 		CHANNELS_REDIS_FAST_REQUIRE_EXTENSIONS=1 "$$VENV/bin/python" bench/sync_callers.py $$sync_args || status=1; \
 		exit $$status'
+
+# Not part of `make test`; .ci/run runs it after `make test`.  See .ci/matrix.sh.
+matrix:
+	MATRIX_DIR="$(abspath $(or $(MATRIX_DIR),.matrix))" bash .ci/matrix.sh
 
 conformance:
 	VENV="$(abspath $(VENV))" FILES="$(FILES)" bash .ci/conformance.sh

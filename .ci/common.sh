@@ -117,13 +117,14 @@ ensure_venv() {
     echo "created $("$VENV/bin/python" --version) in $VENV"
 }
 
-# Fingerprint of everything that goes into the installed package, plus the extras asked for.
+# Fingerprint of everything that goes into the installed package, plus the extras and the
+# other requirements asked for.
 _source_fingerprint() {
-    local extras="$1"
+    local extras="$1"; shift
     (
         cd "$ROOT"
         {
-            echo "extras=$extras no_ext=${CHANNELS_REDIS_FAST_NO_EXTENSIONS:-}"
+            echo "extras=$extras no_ext=${CHANNELS_REDIS_FAST_NO_EXTENSIONS:-} with=$*"
             "$VENV/bin/python" --version
             find channels_redis_fast ext setup.py setup.cfg pyproject.toml MANIFEST.in README.rst \
                 -type f \( -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' \
@@ -134,18 +135,19 @@ _source_fingerprint() {
 }
 
 # pip install ".[EXTRAS]" into the venv unless the same sources are already installed.
+# Further arguments are requirements resolved together with it (pins: "redis==5.0.8").
 install_package() {
-    local extras="$1"
-    section "pip install .[$extras]"
+    local extras="$1"; shift
+    section "pip install .[$extras] $*"
     local stamp="$VENV/.channels_redis_fast-install" fp
-    fp="$(_source_fingerprint "$extras")"
+    fp="$(_source_fingerprint "$extras" "$@")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fp" ] \
         && (cd / && "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("channels_redis_fast") is None)') 2>/dev/null; then
         echo "sources unchanged since the last install: skipping"
         return 0
     fi
     rm -f "$stamp"
-    (cd "$ROOT" && "$VENV/bin/pip" install -q --disable-pip-version-check ".[$extras]") \
-        || die "pip install .[$extras] failed"
+    (cd "$ROOT" && "$VENV/bin/pip" install -q --disable-pip-version-check ".[$extras]" "$@") \
+        || die "pip install .[$extras] $* failed"
     echo "$fp" >"$stamp"
 }

@@ -38,6 +38,7 @@ class WorkQueueOwner(Protocol):
     router: Router
     _cluster: Any  # cluster_commands.ClusterCommands on a Redis Cluster, else None
     stats_counters: collections.Counter[str]
+    _layers: dict[Any, LoopConnections]
 
     @property
     def expiry(self) -> float: ...
@@ -123,10 +124,22 @@ class WorkQueue:
         local.give_back_timer = None
         if self.channels.get(local.name) is not local:
             return  # forgotten since, with nothing left in it
-        if local.in_use():
+        if local.in_use() or self._pumping(local.name):
             self.check_surplus(local)
         else:
             self.return_buffered(local)
+
+    def _pumping(self, channel: str) -> bool:
+        """Is a pump of this loop still at the channel's key (its pop may be on the wire)?
+
+        A blocking pop outlives the receiver it was made for. Were the buffer handed back
+        meanwhile, a message sent after it could reach Redis first, be taken by that pop
+        and overtake the ones handed back; kept, it lands behind them in the buffer.
+        """
+        state = self.owner._layers.get(asyncio.get_running_loop())
+        if state is None:
+            return False
+        return any(pump.running for pump in state.key_pumps.get(self.owner.prefix + channel, ()))
 
     async def return_all(self, commands: list) -> None:
         """Hand every buffered work-queue message back to Redis, and wait until it is there.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import importlib
+import importlib.metadata
 import ipaddress
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +49,8 @@ from channels_redis_fast.testing import (
     RedisNotInstalled,
     RedisServer,
     SentinelServer,
+    find_executable,
+    server_version,
     stop_all,
 )
 
@@ -57,16 +59,51 @@ SENTINEL_PASSWORD = "crf-sentinel-pw"
 SHARD_COUNT = 3
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop every async test and fixture runs on (default: asyncio's)",
+    )
+
+
+class _UvloopLoops:
+    """Registered by ``--loop uvloop``: pytest-asyncio makes every test's loop with uvloop."""
+
+    def pytest_asyncio_loop_factories(self, config, item):
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config):
+    if config.getoption("--loop") != "uvloop":
+        return
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        raise pytest.UsageError(f"--loop uvloop: {exc} (pip install uvloop; not on Windows)") from exc
+    # An older pytest-asyncio would ignore the hook and run everything on asyncio's loop.
+    if not hasattr(config.hook, "pytest_asyncio_loop_factories"):
+        raise pytest.UsageError("--loop uvloop needs pytest-asyncio >= 1.4 (its loop factory hook)")
+    config.pluginmanager.register(_UvloopLoops(), "crf-uvloop")
+
+
 def pytest_report_header(config):
-    binary = shutil.which("redis-server")
-    if binary:
+    try:
+        binary = find_executable("redis-server")
         version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
-    else:
-        version = f"redis-server NOT FOUND. {INSTALL_HINT}"
+    except RedisNotInstalled as exc:
+        version = f"NOT FOUND: {exc}"
+    loop = config.getoption("--loop")
+    if loop == "uvloop":
+        loop += " " + importlib.metadata.version("uvloop")
     return [
         f"channels_redis_fast {channels_redis_fast.__version__}: "
         f"IMPLEMENTATION={channels_redis_fast.IMPLEMENTATION} from {Path(channels_redis_fast.__file__).parent}",
         f"redis: {version}",
+        f"event loop: {loop}",
     ]
 
 
@@ -83,6 +120,19 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session, exitstatus):
     stop_all()
+
+
+def skip_before_redis(version: tuple[int, ...], feature: str) -> None:
+    """Skip, saying why, when the server this run uses is older than ``version``."""
+    try:
+        have = server_version()
+    except RedisNotInstalled as exc:
+        pytest.fail(f"Cannot run the Redis tests: {exc}", pytrace=False)
+    if have < version:
+        pytest.skip(
+            f"{feature} needs Redis {'.'.join(map(str, version))} or newer; "
+            f"this run's {find_executable('redis-server')} is {'.'.join(map(str, have))}"
+        )
 
 
 def _start(factory, *args, **kwargs):
@@ -158,6 +208,7 @@ def redis_cluster():
     Tests that fail nodes over, kill them or move slots take ``cluster`` instead, which
     hands it back settled and empty.
     """
+    skip_before_redis((7, 0), "Redis Cluster support (CLUSTER SHARDS)")
     cluster = _start(RedisCluster)
     yield cluster
     cluster.close()

@@ -16,6 +16,7 @@ from channels_redis_fast.cluster_config import (
 )
 from channels_redis_fast.cluster_slots import ClusterUnreachableError, NotAClusterError, key_slot
 from channels_redis_fast.testing import RedisCluster, free_port
+from conftest import skip_before_redis
 
 PASSWORD = "crf-cluster-pw"
 
@@ -24,6 +25,7 @@ PASSWORD = "crf-cluster-pw"
 def password_cluster(certs):
     """This module's cluster, set up as managed services run theirs: TLS only (client,
     replication and bus links) and a password, so options must reach every node."""
+    skip_before_redis((7, 0), "Redis Cluster support (CLUSTER SHARDS)")
     cluster = RedisCluster(password=PASSWORD, tls={**certs, "auth_clients": "no"})
     yield cluster
     cluster.close()
@@ -145,7 +147,8 @@ async def test_a_moved_reply_to_a_plain_host_names_the_cluster_option(password_c
     key = next(f"asgi:{i}" for i in range(1000) if password_cluster.node_for_key(f"asgi:{i}").port != node.port)
     client = redis.asyncio.Redis(host=node.host, port=node.port, password=PASSWORD, **password_cluster.ssl_kwargs)
     try:
-        with pytest.raises(redis.exceptions.MovedError) as info:
+        # MovedError, or in redis-py 5.0 (no MOVED in its reply table) a plain ResponseError.
+        with pytest.raises(redis.exceptions.ResponseError) as info:
             await client.zadd(key, {b"message": 1})
     finally:
         await client.aclose()

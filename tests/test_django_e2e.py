@@ -29,6 +29,9 @@ from conftest import until
 
 from websockets.asyncio.client import connect as ws_connect
 
+# Daphne processes and a Chromium: `make test` runs these, the matrix does not.
+pytestmark = pytest.mark.browser
+
 CHATSITE = Path(__file__).resolve().parent / "chatsite"
 CHROMIUM = "/usr/bin/chromium"
 FAST_BACKEND = "channels_redis_fast.core.RedisChannelLayer"

@@ -13,7 +13,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from channels_redis_fast.testing import RESERVED_PORTS, RedisServer, SentinelServer, ServerError
+from channels_redis_fast.testing import (
+    RESERVED_PORTS,
+    RedisNotInstalled,
+    RedisServer,
+    SentinelServer,
+    ServerError,
+    find_executable,
+)
 
 NO_RETRY = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 1}
 
@@ -106,6 +113,26 @@ def test_sentinel_hosts_entry_reaches_the_master(sentinel, sentinel_hosts):
     master = Sentinel(entry["sentinels"], sentinel_kwargs=entry["sentinel_kwargs"]).master_for(entry["master_name"])
     master.set("through-sentinel", 1)
     assert sentinel.master_server.client().get("through-sentinel") == b"1"
+
+
+def test_server_variable_chooses_the_binary_of_servers_and_sentinels(monkeypatch, tmp_path):
+    # A link under another name stands for another build (Redis 6.2, Valkey): the server and
+    # a sentinel watching it both run it, not what PATH holds.
+    link = tmp_path / "another-redis-server"
+    link.symlink_to(find_executable("redis-server"))
+    monkeypatch.setenv("CHANNELS_REDIS_FAST_REDIS_SERVER", str(link))
+    monkeypatch.delenv("CHANNELS_REDIS_FAST_REDIS_SENTINEL", raising=False)
+    with RedisServer() as master, SentinelServer(master) as sentinel:
+        assert master.process.args[0] == str(link)
+        assert sentinel.process.args[0] == str(link)
+        assert sentinel.process.args[-1] == "--sentinel"
+        assert sentinel.get_master_addr() == (master.host, master.port)
+
+
+def test_a_binary_variable_naming_no_executable_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("CHANNELS_REDIS_FAST_REDIS_SERVER", str(tmp_path / "no-such-server"))
+    with pytest.raises(RedisNotInstalled, match="CHANNELS_REDIS_FAST_REDIS_SERVER="):
+        RedisServer()
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from channels_redis_fast.core import KEEP_EMPTY_BUFFERS, SWEEP_INTERVAL, RedisChannelLayer
 from conftest import nothing_arrives
 
@@ -56,6 +58,7 @@ async def test_local_buffer_is_bounded_and_drops_oldest(redis_url):
     await layer.flush()
 
 
+@pytest.mark.slow
 async def test_channel_churn_leaves_no_state_and_rss_levels_off(redis_url):
     layer = RedisChannelLayer(local_delivery=False, hosts=[redis_url], capacity=2 * BATCH)
     samples = []

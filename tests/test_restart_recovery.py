@@ -19,7 +19,8 @@ from redis.asyncio.sentinel import Sentinel
 from channels_redis_fast.core import RedisChannelLayer
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 
-pytestmark = pytest.mark.timeout(120)
+# A soak (5,000 consumers, every restart length): `make test` runs it, the matrix does not.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 CONSUMERS = 5000
 #: When the sends start, after the server (or the new master) can be reached again.

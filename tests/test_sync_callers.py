@@ -24,6 +24,7 @@ from channels_redis_fast.exceptions import InvalidMessageError
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.sync_bridge import SyncBridge
 from channels_redis_fast.testing import RedisServer
+from conftest import receive_soon, until
 
 BRIDGE_THREAD = "channels_redis_fast-sync-bridge"
 
@@ -346,3 +347,92 @@ def test_a_call_that_fails_before_it_starts_reaches_its_caller():
     assert bridge.thread is not None and bridge.thread.is_alive()
     async_to_sync(bridge.aclose)()
     assert bridge.thread is None
+
+
+async def test_a_result_given_back_is_back_before_the_callers_next_call_starts():
+    # The bridge's side of test_sync_receives_that_give_up_lose_nothing, made exact: the
+    # first call finishes (its message in hand) while its caller gives up and makes the
+    # next call. The message must be back before the next call runs, or the next receive
+    # would take the message after it first.
+    class Owner:
+        _layers: dict = {}
+
+    bridge = SyncBridge(Owner())
+    events: list[str] = []
+    started, holding, release = threading.Event(), threading.Event(), threading.Event()
+    gate: list[asyncio.Future] = []
+
+    async def receive(tag):
+        if tag == "first":
+            gate.append(asyncio.get_running_loop().create_future())
+            started.set()
+            return await gate[0]
+        events.append(f"{tag} started")
+        return tag
+
+    def give_back(tag, result):
+        events.append(f"{result} given back")
+
+    try:
+        first = asyncio.ensure_future(bridge.call(receive, "first", give_back=give_back))
+        assert await asyncio.to_thread(started.wait, 10)
+
+        def deliver_then_hold():
+            gate[0].set_result("message 1")  # the first call's task can finish now...
+            holding.set()
+            release.wait(10)  # ...but the bridge's loop runs on only after the caller's turn
+
+        bridge.loop.call_soon_threadsafe(deliver_then_hold)
+        assert await asyncio.to_thread(holding.wait, 10)
+        first.cancel()  # the caller gives up (a timeout)...
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = asyncio.ensure_future(bridge.call(receive, "second", give_back=give_back))
+        await asyncio.sleep(0)  # ...and makes its next call
+        release.set()
+        assert await asyncio.wait_for(second, 10) == "second"
+        assert events == ["message 1 given back", "second started"]
+    finally:
+        release.set()
+        await bridge.aclose()
+
+
+async def test_a_sync_give_back_is_not_overtaken_by_a_pop_still_on_the_wire(redis_server, redis_url):
+    # What test_sync_receives_that_give_up_lose_nothing[work-queue] caught under load: a
+    # receiver left a blocking pop waiting in Redis; a sync caller gave up message 1; its
+    # grace ran out while message 2, sent meanwhile, was being taken by that pop. Handed
+    # back then, message 1 sat in Redis while message 2 went to the next receiver.
+    layer = RedisChannelLayer(hosts=[redis_url])
+    channel = "sync.order"
+    admin = redis_server.client()
+    try:
+        await layer.send(channel, {"type": "t", "n": 1})
+        first = await receive_soon(layer, channel)
+        waiting = asyncio.ensure_future(layer.receive(channel))
+        await until(lambda: admin.info("clients")["blocked_clients"] == 1, what="the pump's blocking pop")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        layer._put_back(channel, first)  # as the sync bridge does for a caller who gave up
+
+        def send_from_another_process() -> None:
+            other = RedisChannelLayer(hosts=[redis_url])
+
+            async def send() -> None:
+                await other.send(channel, {"type": "t", "n": 2})
+                await other.close_pools()
+
+            asyncio.run(send())
+
+        # Blocks this loop: message 2 is taken by the pop before this process reads the reply.
+        sender = threading.Thread(target=send_from_another_process)
+        sender.start()
+        sender.join(10)
+        local = layer.receive_buffer[channel]
+        local.give_back_timer.cancel()
+        layer._work._give_back_if_unclaimed(local)  # the grace runs out now
+        got = [(await receive_soon(layer, channel))["n"] for _ in range(2)]
+        assert got == [1, 2]
+    finally:
+        await layer.flush()
+        await layer.close_pools()

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import redis
 
 from channels_redis_fast.core import RedisChannelLayer
@@ -116,6 +117,7 @@ async def test_minimal_graceful_stop_hands_back_the_popped_task(redis_url):
     assert got == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_graceful_restarts_lose_and_repeat_nothing(redis_url):
     _queue_tasks(redis_url)
     client = redis.Redis.from_url(redis_url)

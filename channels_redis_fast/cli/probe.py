@@ -181,8 +181,10 @@ def _check_sentinels(host: dict[str, Any], report: ShardReport) -> bool:
     for address, client in zip(host["sentinels"], sentinel.sentinels):
         where = f"sentinel {address[0]}:{address[1]}"
         try:
-            # Any: redis-py's annotation (an address or a bool) varies across 5-8; falsy = unknown.
-            reply: Any = client.sentinel_get_master_addr_by_name(name)
+            # The raw command: redis-py's sentinel_get_master_addr_by_name returns a bool
+            # instead of the address in some releases, and in 6.x fails on a plain client
+            # (its reply parser refuses the ``once`` option it passes). None = unknown.
+            reply: Any = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
         except (redis.RedisError, OSError) as exc:
             failures.append(classify(exc, where)[1])
             continue

@@ -37,6 +37,7 @@ from .server_process import (
     find_executable,
     free_port,
     port_is_open,
+    server_version,
     stop_all,
 )
 from .cluster import ClusterNode, RedisCluster
@@ -55,5 +56,6 @@ __all__ = [
     "find_executable",
     "free_port",
     "port_is_open",
+    "server_version",
     "stop_all",
 ]

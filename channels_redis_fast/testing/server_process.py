@@ -49,12 +49,42 @@ class RedisNotInstalled(ServerError):
 # --------------------------------------------------------------------------------------
 
 
+# A binary named here is taken from its variable when that is set (a path, or a name on
+# PATH), so one suite runs against another server build (Redis 6.2, Valkey) unchanged.
+BINARY_VARIABLES = {
+    "redis-server": "CHANNELS_REDIS_FAST_REDIS_SERVER",
+    "redis-sentinel": "CHANNELS_REDIS_FAST_REDIS_SENTINEL",
+    "redis-cli": "CHANNELS_REDIS_FAST_REDIS_CLI",
+}
+
+
+def chosen_executable(name: str) -> str | None:
+    """The binary that ``name``'s variable in BINARY_VARIABLES chooses, or None if unset."""
+    variable = BINARY_VARIABLES.get(name)
+    chosen = os.environ.get(variable, "") if variable else ""
+    if not chosen:
+        return None
+    path = shutil.which(chosen)
+    if path is None:
+        raise RedisNotInstalled(f"{variable}={chosen!r} is not an executable file")
+    return path
+
+
 def find_executable(name: str = "redis-server") -> str:
-    """Absolute path of a Redis binary on PATH, or RedisNotInstalled."""
-    path = shutil.which(name)
+    """Absolute path of a Redis binary: its variable's choice, else the one on PATH."""
+    path = chosen_executable(name) or shutil.which(name)
     if path is None:
         raise RedisNotInstalled(f"'{name}' was not found on PATH. {INSTALL_HINT}")
     return path
+
+
+def server_version(name: str = "redis-server") -> tuple[int, ...]:
+    """The version that ``find_executable(name) --version`` reports (Valkey's own for Valkey)."""
+    out = subprocess.run([find_executable(name), "--version"], capture_output=True, text=True).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return tuple(int(part) for part in word[2:].split(".") if part.isdigit())
+    raise ServerError(f"cannot read a version from {name} --version: {out!r}")
 
 
 def free_port(host: str = LOOPBACK) -> int:

@@ -16,6 +16,7 @@ from .server_process import (
     ServerError,
     _conf_value,
     _Process,
+    chosen_executable,
     find_executable,
     start_or_close,
 )
@@ -273,12 +274,16 @@ class SentinelServer(_Process):
         return entry
 
     def _command(self) -> list[str]:
-        sentinel = shutil.which("redis-sentinel")
-        if self._binary:
-            return [self._binary, self.conffile, "--sentinel", *self.extra_args]
-        if sentinel:
-            return [sentinel, self.conffile, *self.extra_args]
-        return [find_executable("redis-server"), self.conffile, "--sentinel", *self.extra_args]
+        # A chosen server build runs its own sentinel (redis-server --sentinel), so a run
+        # against Redis 6.2 or Valkey never mixes in the sentinel found on PATH.
+        binary = (
+            self._binary
+            or chosen_executable("redis-sentinel")
+            or chosen_executable("redis-server")
+            or shutil.which("redis-sentinel")
+            or find_executable("redis-server")
+        )
+        return [binary, self.conffile, "--sentinel", *self.extra_args]
 
     def _config_lines(self) -> list[str]:
         host, port = self.master_address
