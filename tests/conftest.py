@@ -234,6 +234,16 @@ def redis_url(redis_server):
 
 
 @pytest.fixture
+def sync_redis(redis_url):
+    """A redis-py client of the session server (flushed for this test)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def shard_urls(redis_shards):
     """URLs of the three shard servers, all flushed before the test."""
     for server in redis_shards:

@@ -20,18 +20,10 @@ import channels_redis.core as stock_core
 import channels_redis.serializers as stock_serializers
 import channels_redis.utils as stock_utils
 import pytest
-import redis
 
 from channels_redis_fast import core, serializers, utils
 from channels_redis_fast.core import ChannelFull, RedisChannelLayer
 from conftest import nothing_arrives, receive_soon
-
-
-@pytest.fixture
-def sync_redis(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

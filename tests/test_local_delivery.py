@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 
 from channels_redis_fast.core import ChannelFull, RedisChannelLayer
@@ -25,13 +24,6 @@ from conftest import nothing_arrives, receive_soon, until
 @pytest.fixture(params=[True, False], ids=["local", "redis"])
 def local_delivery(request) -> bool:
     return request.param
-
-
-@pytest.fixture
-def sync_redis(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

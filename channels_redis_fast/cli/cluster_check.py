@@ -11,7 +11,7 @@ shard by probe.check_shard (reachability, version, maxmemory-policy, ACL).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from ..cluster_config import ClusterConfig
 from ..cluster_slots import SLOT_COUNT, Node, SlotMap, describe_url, fetch_from_node, node_kwargs
 from .hosts import sync_client
-from .probe import Finding, classify
+from .probe import Finding, Findings, classify
 
 __all__ = ["ClusterReport", "check_cluster", "sync_node_host"]
 
@@ -44,23 +44,12 @@ class Primary:
 
 
 @dataclass
-class ClusterReport:
+class ClusterReport(Findings):
     startup: list[StartupNode] = field(default_factory=list)
     primaries: list[Primary] = field(default_factory=list)
     uncovered: list[tuple[int, int]] = field(default_factory=list)
     covered: int = 0
     findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        levels = {finding.level for finding in self.findings}
-        return "error" if "error" in levels else "warning" if "warning" in levels else "ok"
-
-    def add(self, level: str, kind: str, message: str) -> None:
-        self.findings.append(Finding(level, kind, message))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status}
 
 
 def sync_node_host(config: ClusterConfig, node: Node) -> dict[str, Any]:

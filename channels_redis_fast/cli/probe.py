@@ -14,7 +14,7 @@ import ssl
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
@@ -85,8 +85,25 @@ class Finding:
     message: str
 
 
+class Findings:
+    """A report's findings, and the status they add up to (for dataclass reports)."""
+
+    findings: list[Finding]
+
+    @property
+    def status(self) -> str:
+        levels = {finding.level for finding in self.findings}
+        return "error" if "error" in levels else "warning" if "warning" in levels else "ok"
+
+    def add(self, level: str, kind: str, message: str) -> None:
+        self.findings.append(Finding(level, kind, message))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(cast(Any, self)), "status": self.status}
+
+
 @dataclass
-class ShardReport:
+class ShardReport(Findings):
     index: int
     host: str
     mode: str | None = None
@@ -101,17 +118,6 @@ class ShardReport:
     #: The commands the layer needs that this server and user allow.
     permitted: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        levels = {finding.level for finding in self.findings}
-        return "error" if "error" in levels else "warning" if "warning" in levels else "ok"
-
-    def add(self, level: str, kind: str, message: str) -> None:
-        self.findings.append(Finding(level, kind, message))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status}
 
 
 # ----------------------------------------------------------------------------- errors
