@@ -20,7 +20,7 @@ import redis
 
 from channels_redis_fast import routing
 from channels_redis_fast.core import RedisChannelLayer
-from channels_redis_fast.group_plan import member_digest
+from channels_redis_fast.group_plan import SNAPSHOT_SUFFIX, member_digest
 from channels_redis_fast.pubsub import RedisPubSubChannelLayer
 from channels_redis_fast.routing import HashRing, Router
 from channels_redis_fast.scripts import group_send_known_script, group_send_script
@@ -189,8 +189,9 @@ async def test_chained_writes_wait_for_the_check_and_survive_a_script_flush(redi
             for proceed in (False, True):
                 reply, replies = await group_send_known_script.chain(
                     layer.connection(group_node),
-                    [group_key],
-                    [f"({now - 10}", member_digest([b"member"]) if proceed else "not the digest", now, 0, 60],
+                    [group_key, group_key.encode() + SNAPSHOT_SUFFIX],
+                    # Snapshot ttl 0: a group this small keeps no member snapshot.
+                    [f"({now - 10}", member_digest([b"member"]) if proceed else "not the digest", now, 0, 60, 0],
                     lambda reply: type(reply) is int and reply >= 0,
                     group_send_script,
                     calls,
