@@ -253,7 +253,15 @@ class RedisCluster:
             command += ["--tls", "--cacert", self.tls["ca_file"]]
             if self.tls.get("client_cert_file"):
                 command += ["--cert", self.tls["client_cert_file"], "--key", self.tls["client_key_file"]]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=self.startup_timeout)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=self.startup_timeout)
+        except subprocess.TimeoutExpired as exc:
+            # Say where it stood and what each node logged, so that a hang can be explained.
+            said = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            logs = "\n".join(node.log_tail(15) for node in self.nodes)
+            raise ServerError(
+                f"redis-cli --cluster create did not finish in {self.startup_timeout:.0f} s:\n{said}\n{logs}"
+            ) from exc
         if result.returncode != 0 or "[OK] All 16384 slots covered" not in result.stdout:
             raise ServerError(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
         self.wait_settled(self.startup_timeout)
