@@ -111,3 +111,14 @@ def test_a_cluster_entry_in_django_settings(cluster, tmp_path):
     assert status == 0, report
     assert report["layer"]["prefix"] == "{fromsettings}"
     assert report["cluster"]["covered"] == 16384 and len(report["shards"]) == 3
+
+
+def test_the_pubsub_layer_is_checked_for_sharded_pubsub(cluster):
+    # Its probe channel lives on one node: the others answer MOVED, which still says the
+    # command is known and allowed.
+    status, report = _report("--cluster", cluster.primaries()[0].url, "--backend", "pubsub")
+    assert status == 0, report
+    assert len(report["shards"]) == len(cluster.primaries())
+    for shard in report["shards"]:
+        assert shard["status"] == "ok", shard
+        assert shard["permitted"] == ["SPUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE"]

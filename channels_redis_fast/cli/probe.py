@@ -74,6 +74,14 @@ PUBSUB_NEEDS = (
     Need("SUBSCRIBE", ("SUBSCRIBE", "{channel}"), True, "receive and group_add"),
     Need("UNSUBSCRIBE", ("UNSUBSCRIBE", "{channel}"), True, "freeing channels and group_discard"),
 )
+#: On a Redis Cluster the pub/sub layer uses sharded pub/sub (sharded_subscriber.py). The
+#: probe's channel may live on another node: a MOVED reply still means the server knows the
+#: command and the ACL allowed it (Redis checks the ACL before it redirects).
+SHARDED_PUBSUB_NEEDS = (
+    Need("SPUBLISH", ("SPUBLISH", "{channel}", ""), True, "send and group_send (sharded pub/sub)"),
+    Need("SSUBSCRIBE", ("SSUBSCRIBE", "{channel}"), True, "receive and group_add (sharded pub/sub)"),
+    Need("SUNSUBSCRIBE", ("SUNSUBSCRIBE", "{channel}"), True, "freeing channels and group_discard"),
+)
 
 
 @dataclass
@@ -343,15 +351,16 @@ def _fill(args: tuple[str, ...], names: dict[str, str]) -> list[str]:
 
 def _try(client: redis.Redis, need: Need, args: list[str]) -> Any:
     """Run one probe; a NOPERM or unknown-command reply is raised, other replies are fine."""
-    if need.command == "SUBSCRIBE":
-        return _try_subscribe(client, args)
     try:
+        if need.command in ("SUBSCRIBE", "SSUBSCRIBE"):
+            return _try_subscribe(client, args)
         return client.execute_command(*args)
     except ResponseError as exc:
         text = str(exc).lower()
         if is_noperm(exc) or "unknown command" in text or "unknown subcommand" in text:
             raise
-        # Anything else (NOSCRIPT for the made-up SHA) means the command was allowed to run.
+        # Anything else (NOSCRIPT for the made-up SHA, MOVED on a cluster) means the command
+        # was allowed to run.
         return None
 
 
@@ -369,7 +378,13 @@ def _try_subscribe(client: redis.Redis, args: list[str]) -> Any:
         connection.disconnect()
 
 
-def _permissions(client: redis.Redis, report: ShardReport, kind: str, prefix: str) -> None:
+def _needs(kind: str, cluster: bool) -> tuple[Need, ...]:
+    if kind == "core":
+        return CORE_NEEDS
+    return SHARDED_PUBSUB_NEEDS if cluster else PUBSUB_NEEDS
+
+
+def _permissions(client: redis.Redis, report: ShardReport, kind: str, prefix: str, cluster: bool) -> None:
     names = {
         "{key}": prefix + PROBE_NAME,
         "{group}": f"{prefix}:group:{PROBE_NAME}",
@@ -379,7 +394,7 @@ def _permissions(client: redis.Redis, report: ShardReport, kind: str, prefix: st
     # Commands refused for their key or channel, not for themselves: one finding for all.
     denied_names: dict[str, list[str]] = {}
     denied_level = "warning"
-    for need in CORE_NEEDS if kind == "core" else PUBSUB_NEEDS:
+    for need in _needs(kind, cluster):
         args = _fill(need.args, names)
         try:
             reply = _try(client, need, args)
@@ -441,7 +456,7 @@ def check_shard(index: int, host: dict[str, Any], kind: str, prefix: str, cluste
         samples += [_ping(client) for _ in range(RTT_SAMPLES - 1)]
         report.rtt_ms = statistics.median(samples) * 1000
         _info(client, report, kind, is_sentinel_entry, cluster)
-        _permissions(client, report, kind, prefix)
+        _permissions(client, report, kind, prefix, cluster)
     except (redis.RedisError, OSError) as exc:
         report.add("error", *classify(exc, where))
     finally:
