@@ -26,36 +26,34 @@ def local_delivery(request) -> bool:
     return request.param
 
 
-@pytest.fixture
-async def layers(redis_url, local_delivery):
-    """Makes core layers on the test server with the parametrized switch; flushes them."""
+async def _made_layers(cls, redis_url: str, local_delivery: bool):
+    """Makes ``cls`` layers on the test server with the parametrized switch; flushes
+    them afterwards (and closes the pub/sub ones)."""
     made = []
 
     def make(**options):
         options.setdefault("local_delivery", local_delivery)
-        layer = RedisChannelLayer(hosts=[redis_url], **options)
+        layer = cls(hosts=[redis_url], **options)
         made.append(layer)
         return layer
 
     yield make
     for layer in made:
         await layer.flush()
+        if isinstance(layer, RedisPubSubChannelLayer):
+            await layer.close()
+
+
+@pytest.fixture
+async def layers(redis_url, local_delivery):
+    async for make in _made_layers(RedisChannelLayer, redis_url, local_delivery):
+        yield make
 
 
 @pytest.fixture
 async def pubsub_layers(redis_url, local_delivery):
-    made = []
-
-    def make(**options):
-        options.setdefault("local_delivery", local_delivery)
-        layer = RedisPubSubChannelLayer(hosts=[redis_url], **options)
-        made.append(layer)
-        return layer
-
-    yield make
-    for layer in made:
-        await layer.flush()
-        await layer.close()
+    async for make in _made_layers(RedisPubSubChannelLayer, redis_url, local_delivery):
+        yield make
 
 
 def commands(client) -> dict[str, int]:
