@@ -61,6 +61,11 @@ class LayerSpec:
     def load(self) -> type:
         return getattr(importlib.import_module(self.module), self.cls)
 
+    @property
+    def ours(self) -> bool:
+        """One of this package's layers (the peers take none of its own options)."""
+        return self.module.startswith("channels_redis_fast.")
+
     def make(self, urls: list[str], **options: Any) -> Any:
         if self.anchor:
             # channels_redis 4.3 with redis-py 8 needs socket_timeout None: the new 5 s
@@ -290,7 +295,7 @@ class Workload:
 
     def make_layer(self) -> Any:
         options = dict(self.options)
-        if not self.spec.anchor:  # channels_redis has no such option (and no such path)
+        if self.spec.ours:  # the peers have no such option (and no such path)
             options["local_delivery"] = self.local_delivery
         layer = self.spec.make(self.urls, capacity=BENCH_CAPACITY, **options)
         self.layers.append(layer)
@@ -570,7 +575,7 @@ async def churn(
     # Default capacity (this is about memory, not throughput), and a prefix of its own:
     # the layers churn side by side on one Redis and must not flush each other's keys.
     # Sender and receiver share this process: local delivery off, so churn goes through Redis.
-    extra = {} if spec.anchor else {"local_delivery": False}
+    extra = {"local_delivery": False} if spec.ours else {}
     layer = spec.make([url], prefix=f"churn-{spec.name}", **extra)
     samples = [(0, rss_bytes())]
     state = {"started": 0, "done": 0}
