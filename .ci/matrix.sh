@@ -226,14 +226,18 @@ finish() {  # wait for combination $1, print its log
     grep -v "^WARNING: Location" "$MATRIX_DIR/$name.log" || true
     [ "$rc" = 0 ] || FAILED+=("$name")
 }
+reap_finished() {  # finish every combination whose process has ended
+    local running
+    for running in "${!PIDS[@]}"; do
+        kill -0 "${PIDS[$running]}" 2>/dev/null || finish "$running"
+    done
+}
 for name in $MATRIX; do
     describe "$name"  # an unknown name stops here, before anything runs
 done
 for name in $MATRIX; do
     while [ "${#PIDS[@]}" -ge "$MATRIX_JOBS" ]; do
-        for running in "${!PIDS[@]}"; do
-            kill -0 "${PIDS[$running]}" 2>/dev/null || finish "$running"
-        done
+        reap_finished
         sleep 1
     done
     echo "matrix: starting $name"
@@ -242,9 +246,7 @@ for name in $MATRIX; do
     PIDS[$name]=$!
 done
 while [ "${#PIDS[@]}" -gt 0 ]; do
-    for running in "${!PIDS[@]}"; do
-        kill -0 "${PIDS[$running]}" 2>/dev/null || finish "$running"
-    done
+    reap_finished
     sleep 1
 done
 
